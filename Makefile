@@ -1,0 +1,42 @@
+# Quick start:  make lab   (JupyterLab on notebooks/)   |   make test   (the whole test suite)
+# Both create .venv on first use and reinstall only when pyproject.toml changes.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.kto-course-installed
+# Jupyter refuses to run as root without --allow-root (CI and containers run as root).
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+.PHONY: lab test lint generate check-notebooks benchmark doctor clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# torch first, pinned: any other torch requirement pulls a multi-GB CUDA build.
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check kto_course tests benchmarks
+
+generate: $(STAMP)
+	$(VENV)/bin/kto-course generate
+
+check-notebooks: $(STAMP)
+	$(VENV)/bin/kto-course generate --check
+
+benchmark: $(STAMP)
+	$(PY) benchmarks/finetune.py
+
+doctor: $(STAMP)
+	$(VENV)/bin/kto-course doctor
+
+clean:
+	rm -rf $(VENV) feedback .pytest_cache screenshots

@@ -1,0 +1,167 @@
+"""The KTO objects of ``core`` in PyTorch, for real models (lessons 01-04 and 06).
+
+Same notation as ``core``; the two agree to float precision (a test checks it). The loss and
+its metrics follow TRL's ``KTOTrainer`` (``loss_type="kto"`` and ``"apo_zero_unpaired"``), with
+metric names as TRL logs them so that learners recognise them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kto_course import core
+
+__all__ = [
+    "token_logps",
+    "sequence_logps",
+    "mismatched_indices",
+    "z0_estimate",
+    "kto_loss",
+    "LOSS_TYPES",
+]
+
+LOSS_TYPES = ("kto", "apo_zero_unpaired")
+
+
+def _check_batch(name: str, t: torch.Tensor, ndim: int) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
+    if t.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}.")
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch: a batch needs at least one example.")
+
+
+def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """log pi(token_t | tokens_<t) for t = 1..T-1, shape (B, T-1) (lesson 01, lesson 06).
+
+    A causal LM's logits at position t predict token t+1: the logits lose their last position
+    and the ids their first (the shift). Token 0 has no prediction.
+    """
+    _check_batch("logits", logits, 3)
+    _check_batch("input_ids", input_ids, 2)
+    if logits.shape[:2] != input_ids.shape:
+        raise ValueError(
+            f"shape mismatch: logits {tuple(logits.shape)} and input_ids {tuple(input_ids.shape)}:"
+            " logits must be (B, T, vocab) for ids (B, T)."
+        )
+    if input_ids.shape[1] < 2:
+        raise ValueError("sequences need at least 2 tokens: the first token has no prediction.")
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    return logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def sequence_logps(
+    logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor
+) -> torch.Tensor:
+    """log pi(y|x): the SUM of token log-probs over completion tokens, shape (B,) (lesson 01).
+
+    ``completion_mask`` (B, T) is True on the completion tokens of ``input_ids`` and False on
+    prompt and padding tokens. It is shifted with the ids, so position 0 is never counted.
+    """
+    _check_batch("completion_mask", completion_mask, 2)
+    if completion_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"shape mismatch: completion_mask {tuple(completion_mask.shape)} and input_ids "
+            f"{tuple(input_ids.shape)}: one mask entry per token."
+        )
+    if completion_mask.dtype != torch.bool:
+        raise ValueError("completion_mask must be a bool tensor (True on completion tokens).")
+    if completion_mask[:, 0].any():
+        raise ValueError(
+            "completion_mask is True on the first token, which no logit predicts: a completion "
+            "must follow at least one prompt token."
+        )
+    per_token = token_logps(logits, input_ids)
+    return (per_token * completion_mask[:, 1:]).sum(-1)
+
+
+def mismatched_indices(batch_size: int, device=None, convention: str = "trl") -> torch.Tensor:
+    """The cyclic shift of ``core.mismatched_indices`` as a LongTensor (lesson 02)."""
+    return torch.as_tensor(core.mismatched_indices(batch_size, convention), device=device)
+
+
+def z0_estimate(kl_logp_theta: torch.Tensor, kl_logp_ref: torch.Tensor) -> torch.Tensor:
+    """z0 = max(0, mean(r of mismatched pairs)), DETACHED (paper Eq. 6; lesson 02).
+
+    z0 sets where the loss saturates; it is never optimised through.
+    """
+    _check_batch("kl_logp_theta", kl_logp_theta, 1)
+    if kl_logp_theta.shape != kl_logp_ref.shape:
+        raise ValueError(
+            f"shape mismatch: kl_logp_theta {tuple(kl_logp_theta.shape)} and kl_logp_ref "
+            f"{tuple(kl_logp_ref.shape)}."
+        )
+    if kl_logp_theta.shape[0] < 2:
+        raise ValueError(
+            "z0 needs a microbatch of at least 2: with one example the only other completion "
+            "is its own, so there is no mismatched pair."
+        )
+    return (kl_logp_theta - kl_logp_ref).mean().detach().clamp(min=0)
+
+
+def kto_loss(
+    logp_theta: torch.Tensor,
+    logp_ref: torch.Tensor,
+    desirable: torch.Tensor,
+    kl_logp_theta: torch.Tensor | None = None,
+    kl_logp_ref: torch.Tensor | None = None,
+    beta: float = 0.1,
+    lambda_D: float = 1.0,
+    lambda_U: float = 1.0,
+    loss_type: str = "kto",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Batch KTO loss (mean of lambda_y - v_y over all examples) and TRL-named metrics.
+
+    ``logp_theta``/``logp_ref`` are sequence log-probs of the labelled pairs (B,);
+    ``kl_logp_theta``/``kl_logp_ref`` those of the mismatched pairs, computed under no_grad.
+    ``loss_type="apo_zero_unpaired"`` uses z0 = 0 and needs no mismatched pairs.
+    Metrics that a batch cannot compute (``rewards/chosen`` without a desirable example, ...)
+    are omitted rather than NaN. Lessons 03 and 06.
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}.")
+    _check_batch("logp_theta", logp_theta, 1)
+    for name, t in (("logp_ref", logp_ref), ("desirable", desirable)):
+        if not isinstance(t, torch.Tensor) or t.shape != logp_theta.shape:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(
+                f"shape mismatch: {name} {shape} but logp_theta {tuple(logp_theta.shape)}: "
+                "one value per example."
+            )
+    if desirable.dtype != torch.bool:
+        raise ValueError(
+            f"desirable must be a bool tensor (True = thumbs-up), got {desirable.dtype}."
+        )
+    beta = core._positive("beta", beta)
+    lambda_D = core._nonnegative("lambda_D", lambda_D)
+    lambda_U = core._nonnegative("lambda_U", lambda_U)
+
+    if loss_type == "kto":
+        if kl_logp_theta is None or kl_logp_ref is None:
+            raise ValueError("loss_type='kto' needs kl_logp_theta and kl_logp_ref for z0.")
+        z0 = z0_estimate(kl_logp_theta, kl_logp_ref)
+    else:
+        z0 = torch.zeros((), dtype=logp_theta.dtype, device=logp_theta.device)
+
+    r = logp_theta - logp_ref
+    delta = r - z0
+    # 1 - sigmoid(x) written as sigmoid(-x) (exact, and keeps precision near 1).
+    losses = torch.where(
+        desirable, lambda_D * torch.sigmoid(-beta * delta), lambda_U * torch.sigmoid(beta * delta)
+    )
+    loss = losses.mean()
+
+    metrics: dict[str, float] = {"kl": float(z0)}
+    rewards = beta * r.detach()
+    chosen, rejected = desirable, ~desirable
+    if chosen.any():
+        metrics["rewards/chosen"] = float(rewards[chosen].mean())
+        metrics["logps/chosen"] = float(logp_theta.detach()[chosen].mean())
+    if rejected.any():
+        metrics["rewards/rejected"] = float(rewards[rejected].mean())
+        metrics["logps/rejected"] = float(logp_theta.detach()[rejected].mean())
+    if chosen.any() and rejected.any():
+        metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+    return loss, metrics
