@@ -56,7 +56,9 @@ def call_learner(fn, *args, name: str | None = None, **kwargs):
     """Call the learner's ``fn``; turn a raise, a hang or a non-callable into ``CheckFailed``."""
     name = name or getattr(fn, "__name__", "your function")
     if not callable(fn):
-        raise CheckFailed(f"{name} is not a function (got {type(fn).__name__}): define it with def.")
+        raise CheckFailed(
+            f"{name} is not a function (got {type(fn).__name__}): define it with def."
+        )
     try:
         with _time_limit(LEARNER_TIME_LIMIT):
             return fn(*args, **kwargs)

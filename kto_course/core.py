@@ -99,7 +99,9 @@ def _nonnegative(name: str, x) -> float:
 def _scalar(name: str, x) -> float:
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 0:
-        raise ValueError(f"{name} must be a single number (one per microbatch), got shape {a.shape}.")
+        raise ValueError(
+            f"{name} must be a single number (one per microbatch), got shape {a.shape}."
+        )
     if not np.isfinite(a):
         raise ValueError(f"{name} must be finite, got {float(a)}.")
     return float(a)
@@ -210,7 +212,9 @@ def z0_estimate(mismatched_r, clamp: bool = True) -> float:
     """
     r_mis = _float_array("mismatched_r", mismatched_r)
     if r_mis.ndim != 1:
-        raise ValueError(f"mismatched_r must be one value per example, shape (B,), got {r_mis.shape}.")
+        raise ValueError(
+            f"mismatched_r must be one value per example, shape (B,), got {r_mis.shape}."
+        )
     if r_mis.size < 2:
         raise ValueError(
             "z0 needs at least 2 mismatched pairs: with a batch of 1 the only other completion "

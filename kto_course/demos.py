@@ -38,7 +38,9 @@ def make_demo(title: str, controls: dict, render: Callable[..., tuple]) -> widge
     return box
 
 
-def slider(description: str, value: float, lo: float, hi: float, step: float) -> widgets.FloatSlider:
+def slider(
+    description: str, value: float, lo: float, hi: float, step: float
+) -> widgets.FloatSlider:
     """A float slider with the course's defaults (render on release, 3 decimals)."""
     return widgets.FloatSlider(
         value=value,

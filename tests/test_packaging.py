@@ -1,0 +1,150 @@
+"""The project's own files: dependencies in sync, two-command setup, lint, `kto-course doctor`."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import tomllib
+
+from kto_course import cli, system
+
+from .conftest import ROOT
+
+# pip and conda spell a few packages differently.
+CONDA_NAMES = {"torch": "pytorch"}
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~; \[]", requirement.strip(), maxsplit=1)[0].lower()
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_environment_yml_has_every_runtime_dependency():
+    text = (ROOT / "environment.yml").read_text()
+    conda = {
+        _name(line.strip()[2:])
+        for line in text.splitlines()
+        if line.startswith("  - ") and not line.strip().startswith("- pip")
+    }
+    missing = [
+        dep
+        for dep in (_name(r) for r in _pyproject()["project"]["dependencies"])
+        if CONDA_NAMES.get(dep, dep) not in conda
+    ]
+    assert not missing, f"environment.yml lacks runtime dependencies: {missing}"
+    assert "python=3.11" in text and "conda-forge" in text
+
+
+def test_torch_requirement_admits_the_cpu_wheel_2_13_0():
+    from packaging.requirements import Requirement
+
+    torch_req = next(
+        Requirement(r) for r in _pyproject()["project"]["dependencies"] if _name(r) == "torch"
+    )
+    assert torch_req.specifier.contains("2.13.0")
+
+
+def test_readme_first_screen_shows_the_two_commands():
+    first_screen = "\n".join((ROOT / "README.md").read_text().splitlines()[:15])
+    assert "make lab" in first_screen and "make test" in first_screen
+
+
+def test_makefile_installs_torch_first_and_reinstalls_only_on_change():
+    makefile = (ROOT / "Makefile").read_text()
+    assert makefile.index("torch==2.13.0") < makefile.index("-e '.[test]'")
+    # The install recipe hangs off a stamp that depends on pyproject.toml: a second run is a no-op.
+    assert re.search(r"^\$\(STAMP\): pyproject\.toml", makefile, re.M)
+    assert re.search(r"^test: \$\(STAMP\)", makefile, re.M)
+    assert re.search(r"^lab: \$\(STAMP\)", makefile, re.M)
+    assert "--notebook-dir=notebooks" in makefile
+
+
+def test_make_is_a_no_op_when_installed():
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    stamp = ROOT / ".venv" / ".kto-course-installed"
+    if not stamp.exists() or stamp.stat().st_mtime < (ROOT / "pyproject.toml").stat().st_mtime:
+        pytest.skip("the venv was not set up by `make` since pyproject.toml last changed")
+    out = subprocess.run(
+        ["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert "pip install" not in out, f"make would reinstall although nothing changed:\n{out}"
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci and "set -euo pipefail" in ci
+    assert "apt-get install" in ci and "chromium" in ci
+
+
+def test_ruff_is_clean():
+    ruff = shutil.which("ruff", path=str(ROOT / ".venv" / "bin")) or shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed")
+    result = subprocess.run(
+        [ruff, "check", "kto_course", "tests", "benchmarks"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_doctor_reports_versions_device_and_browser(capsys):
+    assert cli.main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    for key in ("python", "torch", "transformers", "nbgrader", "jupyterlab", "ipywidgets"):
+        assert re.search(rf"^{key}\s+\S", out, re.M), f"doctor does not report {key}"
+    assert re.search(r"^device\s+(cuda|mps|cpu)$", out, re.M)
+    assert re.search(r"^torch threads\s+\d+$", out, re.M)
+    assert re.search(r"^chromium\s+(/|not found)", out, re.M)
+
+
+def test_doctor_runs_as_a_console_script():
+    exe = ROOT / ".venv" / "bin" / "kto-course"
+    if not exe.exists():
+        pytest.skip("the package is not installed in .venv")
+    result = subprocess.run([str(exe), "doctor"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "nbgrader" in result.stdout
+
+
+def test_unknown_command_and_bad_arguments_exit_nonzero(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["no-such-command"])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--steps", "0"])
+    assert "expected a number >= 1" in capsys.readouterr().err
+
+
+def test_pick_device_errors_before_any_work(monkeypatch):
+    import torch
+
+    with pytest.raises(ValueError, match="unknown device"):
+        system.pick_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        system.pick_device("cuda")
+    assert system.pick_device("cpu") == "cpu"
+    assert system.pick_device(None) in ("mps", "cpu")
+
+
+def test_default_threads_do_not_oversubscribe():
+    import os
+
+    assert 1 <= system.default_threads() <= max(1, len(os.sched_getaffinity(0)))
+
+
+def test_find_chromium_honours_the_environment_variable(monkeypatch, tmp_path):
+    fake = tmp_path / "chromium"
+    fake.write_text("#!/bin/sh\n")
+    monkeypatch.setenv(system.CHROMIUM_ENV, str(fake))
+    assert system.find_chromium() == str(fake)
+    monkeypatch.setenv(system.CHROMIUM_ENV, str(tmp_path / "missing"))
+    assert system.find_chromium() is None
