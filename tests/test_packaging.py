@@ -8,10 +8,9 @@ import subprocess
 
 import pytest
 import tomllib
+from conftest import ROOT
 
 from kto_course import cli, system
-
-from .conftest import ROOT
 
 # pip and conda spell a few packages differently.
 CONDA_NAMES = {"torch": "pytorch"}
