@@ -15,6 +15,7 @@ from kto_course import core
 __all__ = [
     "token_logps",
     "sequence_logps",
+    "dpo_loss",
     "mismatched_indices",
     "z0_estimate",
     "kto_loss",
@@ -75,6 +76,19 @@ def sequence_logps(
         )
     per_token = token_logps(logits, input_ids)
     return (per_token * completion_mask[:, 1:]).sum(-1)
+
+
+def dpo_loss(r_w: torch.Tensor, r_l: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """DPO per pair: -log sigmoid(beta * (r_w - r_l)), shape (B,) (``core.dpo_loss``; lesson 01)."""
+    if not isinstance(r_w, torch.Tensor) or not isinstance(r_l, torch.Tensor):
+        raise ValueError("r_w and r_l must be torch tensors.")
+    if r_w.shape != r_l.shape:
+        raise ValueError(
+            f"shape mismatch: r_w {tuple(r_w.shape)} and r_l {tuple(r_l.shape)}: one preferred "
+            "and one rejected log-ratio per pair."
+        )
+    beta = core._positive("beta", beta)
+    return -F.logsigmoid(beta * (r_w - r_l))
 
 
 def mismatched_indices(batch_size: int, device=None, convention: str = "trl") -> torch.Tensor:

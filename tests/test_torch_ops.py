@@ -43,6 +43,16 @@ def test_sequence_logps_sum_completion_tokens_and_match_core():
     torch.testing.assert_close(torch_ops.sequence_logps(logits2, ids, mask), seq)
 
 
+def test_dpo_loss_matches_core():
+    r_w, r_l = torch.tensor([0.5, -1.0, 30.0]), torch.tensor([0.0, 2.0, -30.0])
+    np.testing.assert_allclose(
+        torch_ops.dpo_loss(r_w, r_l, 0.3).numpy(), core.dpo_loss(r_w.numpy(), r_l.numpy(), 0.3),
+        rtol=1e-6,
+    )
+    with pytest.raises(ValueError, match="shape mismatch"):
+        torch_ops.dpo_loss(r_w, r_l[:2])
+
+
 def test_mismatched_indices_tensor():
     idx = torch_ops.mismatched_indices(5)
     assert idx.dtype == torch.long and idx.tolist() == [4, 0, 1, 2, 3]
