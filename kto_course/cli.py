@@ -92,6 +92,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _add_course_dirs(p: argparse.ArgumentParser, notebooks: bool = False) -> None:
+    # For maintainers and the tests (fixture lessons); learners never need them.
+    p.add_argument(
+        "--solutions-dir", default=None, help="instructor notebooks (default: solutions/)"
+    )
+    if notebooks:
+        p.add_argument(
+            "--notebooks-dir", default=None, help="student notebooks (default: notebooks/)"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kto-course", description="Tools of the KTO course for learners and instructors."
@@ -111,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write nothing; fail if a student notebook is out of date or leaks a solution",
     )
     p.add_argument("lessons", nargs="*", metavar="LESSON", help="only these lessons (e.g. 01)")
+    _add_course_dirs(p, notebooks=True)
     p.set_defaults(handler=("kto_course.grading", "run_generate"))
 
     p = sub.add_parser("submit", help="grade a copy of your notebook and write HTML feedback")
@@ -123,11 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a cell may run before it is interrupted",
     )
     p.add_argument("--feedback-dir", default="feedback", help="where the HTML feedback goes")
+    _add_course_dirs(p)
     p.set_defaults(handler=("kto_course.grading", "run_submit"))
 
     p = sub.add_parser("course", help="lay out a full nbgrader course directory for a class")
     p.add_argument("directory", help="the course directory to create")
     p.add_argument("--course-id", default="kto-course", help="nbgrader course id")
+    _add_course_dirs(p)
     p.set_defaults(handler=("kto_course.grading", "run_course"))
 
     p = sub.add_parser("pretrain", help="rebuild the tiny GPT-2 reference model and tokenizer")

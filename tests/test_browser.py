@@ -1,0 +1,719 @@
+"""The demos in a real browser: Chromium drives Voila (every lesson) and JupyterLab (one lesson).
+
+For each lesson with a demo, a temporary copy of its solution notebook is served by Voila (one
+server and one page load per lesson, executed with KTO_COURSE_QUICK=1); every demo is driven as
+``browser_specs.py`` says: move a control, wait until the readout and plot show what the lesson
+promises, screenshot the demo into ``screenshots/<lesson>/``. One lesson is also opened in
+JupyterLab, run with Run All, and driven the same way. Every test also checks that no traceback
+is shown or logged, that the page raised no uncaught error, that no request left loopback and
+that every server, kernel and browser process it started has exited.
+
+Chromium: Debian's (``apt-get install chromium``; ``.ci/run`` installs it) or the path in
+$KTO_COURSE_CHROMIUM. Without it these tests are skipped, except in CI (CI=true): there they fail.
+
+Run only these:  .venv/bin/pytest -m browser tests/test_browser.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import browser_specs as specs
+import psutil
+import pytest
+
+from kto_course import system
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTIONS = ROOT / "solutions"
+FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures" / "browser"
+SCREENSHOTS = ROOT / "screenshots"
+
+INSTALL_HINT = (
+    "install Debian's Chromium (`apt-get install chromium`, as `.ci/run` does) or set "
+    f"{system.CHROMIUM_ENV} to a Chromium executable"
+)
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    # Below page.route, for what it cannot see (websockets, the browser's own traffic): no host
+    # name but loopback resolves.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+]
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def notebook_of(lesson: str) -> Path:
+    folder = FIXTURE_DIR if lesson == specs.FIXTURE else SOLUTIONS
+    return folder / f"{lesson}.ipynb"
+
+
+def lessons_with_demos() -> list[str]:
+    return [nb.stem for nb in sorted(SOLUTIONS.glob("*.ipynb")) if specs.demo_calls(nb)]
+
+
+def lab_lesson() -> str:
+    return specs.LAB_LESSON if specs.LAB_LESSON in lessons_with_demos() else specs.FIXTURE
+
+
+def load_s(lesson: str) -> float:
+    return specs.LOAD_S.get(lesson, specs.DEFAULT_LOAD_S)
+
+
+def time_budget_s(lesson: str) -> int:
+    """The pytest-timeout of a lesson's browser test: its page load plus its demos' steps."""
+    demos = specs.specs_for(lesson) if lesson == specs.FIXTURE or lesson in specs.LESSONS else ()
+    steps_s = sum(d.settle_s * len(d.steps) for d in demos)
+    return int(60 + 2 * load_s(lesson) + steps_s)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path = system.find_chromium()
+    if path:
+        return path
+    message = f"Chromium not found: {INSTALL_HINT}."
+    if in_ci():
+        pytest.fail(f"{message} CI=true: the browser tests must run in CI.", pytrace=False)
+    pytest.skip(message)
+
+
+# =============================================================================================
+# Without a browser: every demo has a spec, and every spec holds in Python
+# =============================================================================================
+
+
+def test_every_demo_has_a_browser_spec():
+    """A lesson's demos (``demos.<name>(...)`` calls, in order) are those its spec drives."""
+    problems = []
+    shown = {nb.stem: specs.demo_calls(nb) for nb in sorted(SOLUTIONS.glob("*.ipynb"))}
+    for lesson, names in shown.items():
+        driven = [d.name for d in specs.LESSONS.get(lesson, ())]
+        if names != driven:
+            problems.append(
+                f"{lesson}: the notebook shows demos {names} but tests/browser_specs.py drives "
+                f"{driven}; add (or reorder) its entry in LESSONS"
+            )
+    for lesson in specs.LESSONS:
+        if lesson not in shown:
+            problems.append(f"browser_specs.LESSONS names {lesson!r}: no such solution notebook")
+    assert specs.demo_calls(notebook_of(specs.FIXTURE)) == [d.name for d in specs.FIXTURE_DEMOS]
+    assert not problems, "\n".join(problems)
+
+
+def test_readout_parsing():
+    text = "loss = 0.620, dL/dr = \u22120.024; peak |dL/dr|: 2.5e-2\nz0 (clamped) = 0"
+    assert specs.readout_numbers(text) == {
+        "loss": 0.62,
+        "dL/dr": -0.024,
+        "peak |dL/dr|": 0.025,
+        "z0 (clamped)": 0.0,
+    }
+    shown = specs.readout_text("<b>loss</b> = 0.5<br>r &minus; z0 = 1")
+    assert shown == "loss = 0.5\nr \u2212 z0 = 1"
+    step = specs.step("r", 1.0, specs.number("loss", specs.FLIPS_SIGN), why="x")
+    before, after = specs.Snapshot("loss = 0.5", "a"), specs.Snapshot("loss = -0.5", "a")
+    assert specs.failures(step, before, after) == []
+    assert specs.failures(step, before, before)  # no flip
+    missing = specs.step("r", 1.0, specs.number("kl", specs.CHANGES), why="x")
+    assert "names no number 'kl'" in specs.failures(missing, before, after)[0]
+
+
+def _import_demos(lesson: str):
+    if lesson != specs.FIXTURE:
+        from kto_course import demos
+
+        return demos
+    sys.path.insert(0, str(FIXTURE_DIR))
+    try:
+        import fixture_demos
+
+        return fixture_demos
+    finally:
+        sys.path.remove(str(FIXTURE_DIR))
+
+
+def _find_control(box, move: specs.Move):
+    for control in box.controls.values():
+        if getattr(control, "description", None) != move.control:
+            continue
+        if move.control or str(move.to) in map(str, getattr(control, "_options_labels", ())):
+            return control
+    labels = [getattr(c, "description", "?") for c in box.controls.values()]
+    raise AssertionError(f"no control labelled {move.control!r}: the demo's are {labels}")
+
+
+def _python_move(box, move: specs.Move) -> None:
+    import ipywidgets as widgets
+
+    control = _find_control(box, move)
+    if isinstance(control, widgets.Button):
+        control.click()
+    elif isinstance(control, widgets.widget_selection._Selection):
+        labels = [str(label) for label in control._options_labels]
+        assert move.to in labels, f"{move.control!r} has no option {move.to!r}: {labels}"
+        control.label = move.to
+    elif isinstance(control, (widgets.FloatSlider, widgets.IntSlider)):
+        assert control.min <= move.to <= control.max, f"{move.control!r}: {move.to} out of range"
+        control.value = move.to
+    else:
+        control.value = move.to
+
+
+def _python_snapshot(box) -> specs.Snapshot:
+    plot = hashlib.sha256(box.plot.value).hexdigest()
+    return specs.Snapshot(specs.readout_text(box.readout.value), plot)
+
+
+@pytest.mark.parametrize("lesson", [specs.FIXTURE, *specs.LESSONS])
+def test_specs_hold_in_python(lesson):
+    """Each spec's moves are possible and its expectations hold when driven from Python.
+
+    Catches a wrong spec (a label, an option, a direction) before a browser is involved.
+    """
+    demos = _import_demos(lesson)
+    for demo in specs.specs_for(lesson):
+        box = getattr(demos, demo.name)()
+        for step in demo.steps:
+            before = _python_snapshot(box)
+            _python_move(box, step.move)
+            problems = specs.failures(step, before, _python_snapshot(box))
+            assert not problems, f"{lesson} {demo.name}, moving {step.move}: {problems}"
+
+
+def test_missing_chromium_skips_locally_and_fails_in_ci(tmp_path):
+    """Without Chromium: a local run skips with the install hint, a CI run fails."""
+    base = {k: v for k, v in os.environ.items() if k != "CI"}
+    base[system.CHROMIUM_ENV] = str(tmp_path / "no-chromium-here")
+    command = [
+        sys.executable, "-m", "pytest", str(Path(__file__)), "-k", "test_voila_demos",
+        "-p", "no:cacheprovider", "-q", "-rs",
+    ]  # fmt: skip
+    local = subprocess.run(command, env=base, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert local.returncode == 0, local.stdout + local.stderr
+    assert " skipped" in local.stdout and "apt-get install chromium" in local.stdout
+    assert "passed" not in local.stdout and "failed" not in local.stdout
+    ci = subprocess.run(
+        command, env={**base, "CI": "true"}, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert ci.returncode != 0, ci.stdout
+    assert "CI=true" in ci.stdout and "apt-get install chromium" in ci.stdout
+
+
+# =============================================================================================
+# Servers: isolated Jupyter dirs, free ports, everything stopped and checked at the end
+# =============================================================================================
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def isolated_env(home: Path) -> dict:
+    """The server's environment: its own Jupyter dirs (no user settings), quick mode on."""
+    dirs = {
+        "JUPYTER_CONFIG_DIR": "config",
+        "JUPYTER_DATA_DIR": "data",
+        "JUPYTER_RUNTIME_DIR": "runtime",
+        "JUPYTERLAB_SETTINGS_DIR": "lab-settings",
+        "JUPYTERLAB_WORKSPACES_DIR": "lab-workspaces",
+        "IPYTHONDIR": "ipython",
+        "TMPDIR": "tmp",
+    }
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLBACKEND", "CI")}
+    for var, name in dirs.items():
+        (home / name).mkdir(parents=True, exist_ok=True)
+        env[var] = str(home / name)
+    env[system.QUICK_ENV] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    # JupyterLab: no news or update popup over the notebook; keep every cell in the DOM.
+    settings = home / "lab-settings" / "@jupyterlab"
+    for plugin, content in {
+        "apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
+        "notebook-extension/tracker": {"windowingMode": "none"},
+    }.items():
+        path = settings / f"{plugin}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content))
+    return env
+
+
+class Server:
+    """A Voila or JupyterLab server on a free loopback port, for one test."""
+
+    def __init__(self, kind: str, notebook: Path, home: Path):
+        self.kind, self.notebook, self.home = kind, notebook, home
+        self.token = secrets.token_hex(16)
+        self.log_path = home / f"{kind}.log"
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    def command(self) -> list[str]:
+        if self.kind == "voila":
+            return [
+                sys.executable, "-m", "voila", str(self.notebook), "--no-browser",
+                "--Voila.ip=127.0.0.1", f"--port={self.port}", "--Voila.port_retries=0",
+                f"--token={self.token}", "--VoilaConfiguration.show_tracebacks=True",
+            ]  # fmt: skip
+        return [
+            sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
+            "--ip=127.0.0.1", f"--port={self.port}", "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={self.notebook.parent}",
+            "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ]  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        base = f"http://127.0.0.1:{self.port}"
+        if self.kind == "voila":
+            return f"{base}/?token={self.token}"
+        return f"{base}/lab/tree/{self.notebook.name}?token={self.token}&reset"
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        env = isolated_env(self.home)
+        for _ in range(3):  # a free port can be taken between choosing and binding it
+            self.port = free_port()
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(
+                    self.command(), cwd=self.notebook.parent, env=env, stdout=log,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                )  # fmt: skip
+            if self._wait_ready(timeout_s):
+                return
+            if "already in use" not in self.log():
+                break
+        raise AssertionError(f"{self.kind} did not start:\n{self.log()[-3000:]}")
+
+    def _wait_ready(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            if self.kind == "voila":
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1),
+                ):
+                    return True
+            else:
+                url = f"http://127.0.0.1:{self.port}/api/status?token={self.token}"
+                with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        return True
+            time.sleep(0.25)
+        return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        """Stop as a user would (JupyterLab: the shutdown API; Voila: SIGTERM), then insist."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if self.kind == "lab":
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{self.port}/api/shutdown",
+                method="POST",
+                headers={"Authorization": f"token {self.token}"},
+            )
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(request, timeout=10).close()
+        else:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+class Processes:
+    """A server and every process it starts (kernels) must be gone when the test ends.
+
+    Kernels run in their own process sessions, so killing a server's process group would not
+    reach them: the test records them while they live and checks each one at the end.
+    """
+
+    def __init__(self):
+        self.seen: dict[int, psutil.Process] = {}
+        self.cmdlines: dict[int, str] = {}
+
+    def record(self, root_pid: int) -> None:
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(root_pid)
+            for p in [root, *root.children(recursive=True)]:
+                if p.pid not in self.seen:
+                    with contextlib.suppress(psutil.Error):
+                        self.cmdlines[p.pid] = " ".join(p.cmdline())
+                        self.seen[p.pid] = p
+
+    def kernels(self) -> list[str]:
+        return [cmd for cmd in self.cmdlines.values() if "ipykernel" in cmd]
+
+    def leftovers(self) -> list[str]:
+        """Wait for recorded processes to exit; kill and name any still running."""
+        _, alive = psutil.wait_procs(list(self.seen.values()), timeout=20)
+        names = []
+        for p in alive:
+            names.append(f"{p.pid} {self.cmdlines.get(p.pid, '?')[:120]}")
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        return names
+
+
+# =============================================================================================
+# The browser
+# =============================================================================================
+
+SNAPSHOT_JS = """
+async (box) => {
+  const htmls = [...box.children].filter(e => e.classList.contains('widget-html'));
+  const readout = htmls.length > 1 ? htmls[htmls.length - 1].innerText.trim() : '';
+  const img = [...box.children].find(e => e.tagName === 'IMG');
+  if (!img || !img.src) return {readout, plot: null};
+  try {  // ipywidgets shows PNG bytes through a blob: URL; hash the bytes, not the URL
+    const bytes = await (await fetch(img.src)).arrayBuffer();
+    const digest = await crypto.subtle.digest('SHA-256', bytes);
+    const hex = [...new Uint8Array(digest)].map(b => b.toString(16).padStart(2, '0')).join('');
+    return {readout, plot: hex};
+  } catch (e) {
+    return {readout, plot: null};  // the URL was replaced while reading: try again
+  }
+}
+"""
+
+# Marks the control whose description label (or button text) is `label` in a demo box; for
+# label "", the toggle/dropdown without a description that offers the option `to`.
+MARK_CONTROL_JS = """
+(box, [label, to]) => {
+  box.querySelectorAll('[data-kto-target]').forEach(e => e.removeAttribute('data-kto-target'));
+  for (const l of box.querySelectorAll('.widget-label')) {
+    if (l.textContent.trim() !== label || l.parentElement === box) continue;
+    const control = l.parentElement;
+    const options = [...control.querySelectorAll('button, option, label')]
+      .map(o => o.textContent.trim());
+    if (label === '' && !options.includes(to)) continue;
+    control.setAttribute('data-kto-target', '1');
+    return control.className;
+  }
+  for (const b of box.querySelectorAll('button.widget-button')) {
+    if (b.textContent.trim() === label) {
+      b.setAttribute('data-kto-target', '1');
+      return b.className;
+    }
+  }
+  const labels = [...box.querySelectorAll('.widget-label')].map(l => l.textContent.trim());
+  return 'missing: ' + JSON.stringify(labels);
+}
+"""
+
+TRACEBACK_JS = """
+() => [...document.querySelectorAll('.jp-OutputArea-output, .widget-output')]
+  .map(e => e.innerText)
+  .filter(t => /Traceback|There was an error when executing cell|Cell execution timed out/.test(t))
+"""
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
+    """One headless Chromium for the module (each test gets its own context); its processes
+    must be gone after it closes."""
+    from playwright.sync_api import sync_playwright
+
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    pw = sync_playwright().start()
+    processes = Processes()
+    try:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        for p in me.children(recursive=True):
+            if p.pid not in before:
+                processes.record(p.pid)
+        yield browser
+        browser.close()
+    finally:
+        pw.stop()
+        leftovers = processes.leftovers()
+    assert not leftovers, f"browser processes still running: {leftovers}"
+
+
+@contextlib.contextmanager
+def browser_page(browser):
+    """A fresh page whose every non-loopback request is aborted; records uncaught errors."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    try:
+        page = context.new_page()
+        page.errors, page.aborted, page.console_errors = [], [], []
+
+        def only_loopback(route):
+            if urlsplit(route.request.url).hostname in LOOPBACK or route.request.url.startswith(
+                ("data:", "blob:")
+            ):
+                route.continue_()
+            else:
+                page.aborted.append(route.request.url)
+                route.abort()
+
+        context.route("**/*", only_loopback)
+        # A widget callback that raises shows nothing on the page (the demo just does not
+        # update): catch the kernel's error messages on their way to the browser.
+        page.kernel_errors = []
+
+        def watch(ws):
+            ws.on("framereceived", lambda payload: _record_kernel_error(page, payload))
+
+        page.on("websocket", watch)
+        page.on("pageerror", lambda error: page.errors.append(str(error)))
+        page.on(
+            "console",
+            lambda m: page.console_errors.append(m.text) if m.type == "error" else None,
+        )
+        yield page
+    finally:
+        context.close()
+
+
+def _record_kernel_error(page, payload) -> None:
+    text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else payload
+    if re.search(r'"msg_type":\s*"error"', text):
+        found = re.search(r'"ename":\s*"([^"]*)",\s*"evalue":\s*"([^"]*)"', text)
+        page.kernel_errors.append(": ".join(found.groups()) if found else text[:300])
+
+
+def snapshot(box, timeout_s: float = 10.0) -> specs.Snapshot:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        seen = box.evaluate(SNAPSHOT_JS)
+        if seen["plot"] is not None or time.monotonic() > deadline:
+            return specs.Snapshot(seen["readout"], seen["plot"] or "")
+        time.sleep(0.2)
+
+
+def move_control(page, box, move: specs.Move) -> None:
+    """Move a control as a learner would: type into a slider's readout, click, select."""
+    kind = box.evaluate(MARK_CONTROL_JS, [move.control, str(move.to)])
+    assert not kind.startswith("missing"), f"no control labelled {move.control!r}: {kind}"
+    target = box.locator("[data-kto-target]")
+    if "widget-slider" in kind:
+        # The slider's readout is editable: type the value, Enter (continuous_update=False
+        # sends it once, like releasing the handle).
+        readout = target.locator(".widget-readout")
+        readout.click()
+        page.keyboard.press("Control+A")
+        page.keyboard.type(str(move.to))
+        page.keyboard.press("Enter")
+    elif "widget-toggle-buttons" in kind or "widget-radio" in kind:
+        target.get_by_text(str(move.to), exact=True).click()
+    elif "widget-dropdown" in kind:
+        target.locator("select").select_option(label=str(move.to))
+    elif "widget-checkbox" in kind:
+        target.locator("input").set_checked(bool(move.to))
+    elif "widget-button" in kind:
+        target.click()
+    elif "widget-text" in kind:
+        target.locator("input").fill(str(move.to))
+        target.locator("input").press("Enter")
+    else:
+        raise AssertionError(f"no way to move a control of class {kind!r} ({move.control!r})")
+
+
+def drive_demos(page, lesson: str, shots: Path) -> list[Path]:
+    """Drive every demo of a loaded page as its spec says; a screenshot of each into ``shots``."""
+    demos = specs.specs_for(lesson)
+    boxes = page.locator(".kto-demo")
+    assert boxes.count() == len(demos), (
+        f"{lesson}: the page shows {boxes.count()} demos, the spec drives {len(demos)}"
+    )
+    paths = []
+    for i, demo in enumerate(demos):
+        box = boxes.nth(i)
+        box.scroll_into_view_if_needed()
+        for step in demo.steps:
+            before = snapshot(box)
+            move_control(page, box, step.move)
+            deadline = time.monotonic() + demo.settle_s
+            while True:
+                after = snapshot(box)
+                problems = specs.failures(step, before, after)
+                if not problems:
+                    # The plot and the readout arrive as two messages: look once more.
+                    time.sleep(0.1)
+                    after = snapshot(box)
+                    problems = specs.failures(step, before, after)
+                if not problems or time.monotonic() > deadline:
+                    break
+                time.sleep(0.25)
+            assert not problems, (
+                f"{lesson} demo {i} ({demo.name}): after moving {step.move.control!r} to "
+                f"{step.move.to!r}: {problems}; readout before {before.readout!r}, "
+                f"after {after.readout!r}; kernel errors: {page.kernel_errors}"
+            )
+        path = shots / f"{i + 1:02d}_{demo.name}.png"
+        box.screenshot(path=str(path))
+        paths.append(path)
+    return paths
+
+
+def assert_clean(page, server: Server) -> None:
+    tracebacks = page.evaluate(TRACEBACK_JS)
+    assert not tracebacks, "the page shows a traceback:\n" + "\n".join(tracebacks)[:3000]
+    assert not page.errors, f"uncaught errors in the page: {page.errors}"
+    assert not page.kernel_errors, f"the kernel raised (a cell or a demo): {page.kernel_errors}"
+    for url in page.aborted:
+        assert urlsplit(url).hostname not in LOOPBACK
+
+
+def copy_notebook(lesson: str, root: Path) -> Path:
+    """A temporary copy to serve: the committed notebook is never opened by a server."""
+    root.mkdir(parents=True)
+    source = notebook_of(lesson)
+    copy = root / source.name
+    shutil.copyfile(source, copy)
+    if lesson == specs.FIXTURE:
+        shutil.copyfile(FIXTURE_DIR / "fixture_demos.py", root / "fixture_demos.py")
+    return copy
+
+
+def fresh_dir(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def assert_stopped(server: Server, leftovers: list[str]) -> None:
+    assert server.proc is not None and server.proc.poll() is not None, f"{server.kind} still runs"
+    assert not leftovers, f"processes still running after the test: {leftovers}"
+    log = server.log()
+    assert "Traceback" not in log, f"the server logged a traceback:\n{log[-4000:]}"
+
+
+# =============================================================================================
+# The tests
+# =============================================================================================
+
+
+def _voila_params():
+    return [
+        pytest.param(
+            lesson,
+            marks=[
+                pytest.mark.browser,
+                pytest.mark.timeout(time_budget_s(lesson), method="signal"),
+            ],
+        )
+        for lesson in lessons_with_demos() or [specs.FIXTURE]
+    ]
+
+
+@pytest.mark.parametrize("lesson", _voila_params())
+def test_voila_demos(lesson, browser, tmp_path):
+    """Voila runs the lesson; each demo, driven in Chromium, shows what the lesson says."""
+    assert lesson == specs.FIXTURE or lesson in specs.LESSONS, (
+        f"{lesson} has demos but no entry in tests/browser_specs.py LESSONS"
+    )
+    notebook = copy_notebook(lesson, tmp_path / "served")
+    procs = Processes()
+    server = Server("voila", notebook, tmp_path)
+    try:
+        server.start()
+        procs.record(server.proc.pid)
+        with browser_page(browser) as page:
+            page.goto(server.url, wait_until="commit")
+            page.locator("#rendered_cells").wait_for(state="visible", timeout=load_s(lesson) * 1000)
+            page.wait_for_function(
+                """n => document.querySelectorAll('.kto-demo').length >= n
+                    && [...document.querySelectorAll('.kto-demo > img')].every(i => i.src)""",
+                arg=len(specs.specs_for(lesson)),
+                timeout=60_000,
+            )
+            procs.record(server.proc.pid)
+            drive_demos(page, lesson, fresh_dir(SCREENSHOTS / lesson))
+            assert_clean(page, server)
+            procs.record(server.proc.pid)
+        kernels = procs.kernels()
+        assert kernels, "no kernel process was seen: did Voila execute the notebook?"
+    finally:
+        server.stop()
+        leftovers = procs.leftovers()
+    assert_stopped(server, leftovers)
+
+
+LAB_IDLE_JS = """
+() => [...document.querySelectorAll('#jp-main-statusbar span')]
+  .some(e => /^(?!No Kernel).+ \\| Idle$/.test(e.textContent.trim()))
+"""
+LAB_ALL_RUN_JS = """
+() => {
+  const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')];
+  return prompts.length > 0 && prompts.every(p => /^\\[\\d+\\]:$/.test(p.textContent.trim()));
+}
+"""
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(time_budget_s(lab_lesson()) + 60, method="signal")
+def test_jupyterlab_run_all_and_demos(browser, tmp_path):
+    """A learner's path: open the lesson in JupyterLab, Run All, play with every demo."""
+    lesson = lab_lesson()
+    notebook = copy_notebook(lesson, tmp_path / "served")
+    procs = Processes()
+    server = Server("lab", notebook, tmp_path)
+    try:
+        server.start()
+        procs.record(server.proc.pid)
+        with browser_page(browser) as page:
+            page.goto(server.url)
+            # The execution indicator says idle before the kernel is ready: wait for the status
+            # bar's "<kernel> | Idle", else Run All does nothing.
+            page.wait_for_function(LAB_IDLE_JS, timeout=90_000, polling=250)
+            page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+            page.wait_for_function(LAB_ALL_RUN_JS, timeout=load_s(lesson) * 1000, polling=250)
+            page.wait_for_function(LAB_IDLE_JS, timeout=60_000, polling=250)
+            page.wait_for_function(
+                """n => document.querySelectorAll('.kto-demo').length >= n
+                    && [...document.querySelectorAll('.kto-demo > img')].every(i => i.src)""",
+                arg=len(specs.specs_for(lesson)),
+                timeout=60_000,
+            )
+            procs.record(server.proc.pid)
+            drive_demos(page, lesson, fresh_dir(SCREENSHOTS / f"lab_{lesson}"))
+            page.wait_for_function(LAB_IDLE_JS, timeout=60_000, polling=250)
+            assert_clean(page, server)
+            procs.record(server.proc.pid)
+        assert procs.kernels(), "no kernel process was seen: did JupyterLab start one?"
+    finally:
+        server.stop()
+        leftovers = procs.leftovers()
+    assert_stopped(server, leftovers)

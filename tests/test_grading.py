@@ -1,0 +1,582 @@
+"""Grading round trips: every lesson (and the fixture lesson) graded end to end with nbgrader.
+
+Per lesson, ONE temporary nbgrader course grades every scenario as its own "student" in one
+autograde call (module cache), then the tests below assert on the results:
+the solved notebook scores full marks, the untouched student version scores zero, each planted
+bug (tests/planted_bugs.py) loses exactly its exercise's points with the listed words, an endless
+loop times out while the other exercises are graded, an edited test cell is restored, a deleted
+one is put back and graded, and the HTML feedback shows no hidden test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import html
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import ROOT, SOLUTIONS
+from planted_bugs import PLANTED_BUGS, PlantedBug
+
+from kto_course import cli, grading
+
+FIXTURES = ROOT / "tests" / "fixtures"
+FIXTURE_SOLUTIONS = FIXTURES / "solutions"
+FIXTURE_NOTEBOOKS = FIXTURES / "notebooks"
+FIXTURE = "99_fixture"
+
+# The fixture lesson's planted bugs live here; lesson authors fill tests/planted_bugs.py.
+FIXTURE_BUGS = [
+    PlantedBug("add", "def add(a, b):\n    return a - b", "subtracted", "sign"),
+    PlantedBug("mean_of", "def mean_of(xs):\n    return sum(xs)", "summed", "no division"),
+]
+
+# Per-cell timeout of the grading courses below: the endless loop costs this once per lesson.
+# Every graded cell of a lesson must finish well within it (checks take milliseconds).
+TIMEOUT = 15
+TIMEOUT_BY_LESSON: dict[str, int] = {}
+
+# An answer that never returns; it also swallows the check's own 10 s alarm (an Exception), so
+# only the grader's per-cell timeout can stop it.
+ENDLESS_LOOP = """def {name}(*args, **kwargs):
+    import time
+    while True:
+        try:
+            while True:
+                time.sleep(0.01)
+        except Exception:
+            pass
+"""
+
+
+def _lesson_cases() -> list[tuple[str, Path]]:
+    return [(FIXTURE, FIXTURE_SOLUTIONS)] + [(n, SOLUTIONS) for n in grading.lessons(SOLUTIONS)]
+
+
+LESSONS = _lesson_cases()
+LESSON_IDS = [name for name, _ in LESSONS]
+
+
+def _bugs(name: str) -> list[PlantedBug]:
+    return FIXTURE_BUGS if name == FIXTURE else PLANTED_BUGS.get(name, [])
+
+
+BUG_CASES = [(name, i) for name, _ in LESSONS for i in range(len(_bugs(name)))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the scenarios
+# ---------------------------------------------------------------------------------------------
+
+
+def _by_id(nb) -> dict:
+    return {
+        c.metadata["nbgrader"]["grade_id"]: c
+        for c in nb.cells
+        if c.metadata.get("nbgrader", {}).get("grade_id")
+    }
+
+
+def exercises(solution_nb) -> dict[str, float]:
+    """{exercise name: points} from the test cells ``test_<name>``."""
+    return {
+        gid.removeprefix("test_"): c.metadata["nbgrader"]["points"]
+        for gid, c in _by_id(solution_nb).items()
+        if gid.startswith("test_") and c.cell_type == "code"
+    }
+
+
+def solved(student_nb, solution_nb):
+    """The student version with every answer cell holding the instructor's solution."""
+    nb = copy.deepcopy(student_nb)
+    reference = _by_id(solution_nb)
+    for gid, cell in _by_id(nb).items():
+        if cell.metadata["nbgrader"].get("solution"):
+            cell.source = reference[gid].source
+    return nb
+
+
+def with_answer(nb, exercise: str, code: str):
+    nb = copy.deepcopy(nb)
+    _by_id(nb)[f"ex_{exercise}"].source = code
+    return nb
+
+
+class Lesson:
+    def __init__(self, name: str, solutions_dir: Path, student_text: str):
+        self.name = name
+        self.solutions_dir = solutions_dir
+        self.solution = grading.read_notebook(solutions_dir / f"{name}.ipynb")
+        self.student = nbformat.reads(student_text, as_version=4)
+        self.exercises = exercises(self.solution)
+        self.bugs = _bugs(name)
+        self.loop_exercise = next(iter(self.exercises))
+        first, last = next(iter(self.exercises)), list(self.exercises)[-1]
+        self.edited_exercise, self.deleted_exercise = first, last
+
+    def scenarios(self) -> dict:
+        full = solved(self.student, self.solution)
+        cases = {"solved": full, "untouched": self.student}
+        for i, bug in enumerate(self.bugs):
+            cases[f"bug{i}"] = with_answer(full, bug.exercise, bug.code)
+        cases["loop"] = with_answer(
+            full, self.loop_exercise, ENDLESS_LOOP.format(name=self.loop_exercise)
+        )
+        # One student who tampered: the first exercise is unanswered and its test cell is
+        # replaced by `pass` (restored from the gradebook, so it must fail); the last test cell
+        # is deleted (put back and graded, so it must pass). With one exercise, only the edit.
+        tampered = copy.deepcopy(full)
+        _by_id(tampered)[f"ex_{self.edited_exercise}"].source = _by_id(self.student)[
+            f"ex_{self.edited_exercise}"
+        ].source
+        _by_id(tampered)[f"test_{self.edited_exercise}"].source = "pass"
+        if self.deleted_exercise != self.edited_exercise:
+            deleted = _by_id(tampered)[f"test_{self.deleted_exercise}"]
+            tampered.cells = [c for c in tampered.cells if c is not deleted]
+        cases["tampered"] = tampered
+        return cases
+
+
+@functools.cache
+def _student_texts() -> dict[str, str]:
+    texts = grading.student_versions([FIXTURE], FIXTURE_SOLUTIONS)
+    texts.update(grading.student_versions(grading.lessons(SOLUTIONS), SOLUTIONS))
+    return texts
+
+
+@functools.cache
+def graded(name: str):
+    """(lesson, {scenario: GradeResult}): every scenario of a lesson in one autograde call."""
+    solutions_dir = dict(LESSONS)[name]
+    lesson = Lesson(name, solutions_dir, _student_texts()[name])
+    results = grading.grade(
+        name,
+        lesson.scenarios(),
+        solutions_dir=solutions_dir,
+        timeout=TIMEOUT_BY_LESSON.get(name, TIMEOUT),
+    )
+    return lesson, results
+
+
+def _autograded(result) -> dict:
+    return {c.exercise: c for c in result.cells if c.kind == "autograded"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Per lesson: full marks, zero, planted bugs, loop, tampering, feedback
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", LESSON_IDS)
+def test_solution_scores_full_autograded_marks(name):
+    lesson, results = graded(name)
+    result = results["solved"]
+    assert result.max_score == sum(lesson.exercises.values())
+    assert result.score == result.max_score, grading.format_report(result)
+    assert set(_autograded(result)) == set(lesson.exercises)
+    assert all(c.message is None for c in result.cells if c.kind == "autograded")
+
+
+@pytest.mark.parametrize("name", LESSON_IDS)
+def test_untouched_student_version_scores_zero(name):
+    lesson, results = graded(name)
+    result = results["untouched"]
+    assert result.score == 0, grading.format_report(result)
+    for exercise, cell in _autograded(result).items():
+        assert cell.points == 0
+        assert "NotImplementedError" in cell.message, (exercise, cell.message)
+
+
+@pytest.mark.parametrize("name", LESSON_IDS)
+def test_written_answers_are_left_to_the_instructor(name):
+    lesson, results = graded(name)
+    written = [c for c in results["solved"].cells if c.kind == "written"]
+    assert written, f"{name} has no written answer"
+    for cell in written:
+        assert cell.points is None and cell.message == grading.WRITTEN_STATUS
+        assert cell.grade_id.startswith("written_")
+    report = grading.format_report(results["solved"])
+    assert "graded by your instructor" in report
+
+
+@pytest.mark.parametrize("name", LESSON_IDS)
+def test_every_exercise_has_a_planted_bug(name):
+    lesson, _ = graded(name)
+    covered = {bug.exercise for bug in lesson.bugs}
+    missing = sorted(set(lesson.exercises) - covered)
+    assert not missing, (
+        f"{name}: no planted bug in tests/planted_bugs.py for exercise(s) {missing}; a lesson "
+        "must not ship an exercise that no planted bug covers"
+    )
+    unknown = sorted(covered - set(lesson.exercises))
+    assert not unknown, f"{name}: planted bugs name exercises the lesson does not have: {unknown}"
+
+
+@pytest.mark.parametrize("name,index", BUG_CASES, ids=[f"{n}-bug{i}" for n, i in BUG_CASES])
+def test_planted_bug_loses_exactly_its_exercise(name, index):
+    lesson, results = graded(name)
+    bug = lesson.bugs[index]
+    result = results[f"bug{index}"]
+    cells = _autograded(result)
+    assert bug.exercise in cells, f"{name}: no test cell test_{bug.exercise}"
+    assert cells[bug.exercise].points == 0, (
+        f"{name}: planted bug {bug.why or bug.code!r} was not caught:\n"
+        + grading.format_report(result)
+    )
+    others = {e: c.points for e, c in cells.items() if e != bug.exercise}
+    assert others == {e: lesson.exercises[e] for e in others}, grading.format_report(result)
+    assert result.score == result.max_score - lesson.exercises[bug.exercise]
+    message = cells[bug.exercise].message or ""
+    assert bug.message.lower() in message.lower(), (
+        f"{name}: the message for {bug.why or bug.code!r} should contain {bug.message!r}; it is "
+        f"{message!r}"
+    )
+
+
+@pytest.mark.parametrize("name", LESSON_IDS)
+def test_endless_loop_times_out_and_the_rest_is_graded(name):
+    lesson, results = graded(name)
+    cells = _autograded(results["loop"])
+    looping = cells[lesson.loop_exercise]
+    assert looping.points == 0
+    assert "never ends" in looping.message and "stopped" in looping.message, looping.message
+    for exercise, cell in cells.items():
+        if exercise != lesson.loop_exercise:
+            assert cell.points == lesson.exercises[exercise], (exercise, cell.message)
+
+
+@pytest.mark.parametrize("name", LESSON_IDS)
+def test_edited_test_cell_is_restored_and_deleted_one_put_back(name):
+    lesson, results = graded(name)
+    cells = _autograded(results["tampered"])
+    # Its test cell said `pass`; restored, the check sees the unanswered exercise and fails.
+    assert set(cells) == set(lesson.exercises)
+    assert cells[lesson.edited_exercise].points == 0
+    assert "NotImplementedError" in cells[lesson.edited_exercise].message
+    # Deleted, put back, graded: the answer is right, so it scores its points.
+    deleted = lesson.deleted_exercise
+    assert cells[deleted].points == lesson.exercises[deleted]
+
+
+def _visible_text(page: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", "", page))
+
+
+def _hidden_lines(solution_nb) -> list[str]:
+    return [s for s, what in grading._secret_lines(solution_nb).items() if what == "a hidden test"]
+
+
+@pytest.mark.parametrize("name", LESSON_IDS)
+def test_feedback_html_has_no_hidden_test(name):
+    lesson, results = graded(name)
+    hidden = _hidden_lines(lesson.solution)
+    assert hidden, f"{name}: no hidden tests found in the solution"
+    for scenario in ("solved", "untouched", "bug0", "loop", "tampered"):
+        if scenario not in results:
+            continue
+        page = results[scenario].feedback_html
+        assert "Grade cell" in page or "Score" in page, f"{scenario}: no feedback page"
+        text = _visible_text(page)
+        assert "HIDDEN TESTS" not in text and "HIDDEN TESTS" not in page
+        for line in hidden:
+            assert line not in text, f"{name}/{scenario}: feedback shows the hidden test {line!r}"
+            assert line not in page, f"{name}/{scenario}: feedback shows the hidden test {line!r}"
+
+
+# ---------------------------------------------------------------------------------------------
+# kto-course submit (on the fixture lesson): the report, JSON, the learner's file, bad input
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def learner_copy(tmp_path_factory):
+    """A learner's notebook folder holding the fixture with `add` right and `mean_of` buggy."""
+    folder = tmp_path_factory.mktemp("learner") / "notebooks"
+    folder.mkdir()
+    student = grading.read_notebook(FIXTURE_NOTEBOOKS / f"{FIXTURE}.ipynb")
+    nb = with_answer(student, "add", "def add(a, b):\n    return a + b")
+    nb = with_answer(nb, "mean_of", FIXTURE_BUGS[1].code)
+    path = folder / f"{FIXTURE}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def _submit(args, capsys):
+    rc = cli.main(["submit", *map(str, args), "--solutions-dir", str(FIXTURE_SOLUTIONS)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="module")
+def submitted_json(learner_copy, tmp_path_factory):
+    """`kto-course submit --json` once; the learner file's bytes before and after."""
+    feedback_dir = tmp_path_factory.mktemp("feedback")
+    before = learner_copy.read_bytes()
+    mtime = learner_copy.stat().st_mtime_ns
+    # capsys is function-scoped: capture this module-wide run by hand.
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(
+            [
+                "submit",
+                str(learner_copy),
+                "--json",
+                "--timeout",
+                "20",
+                "--feedback-dir",
+                str(feedback_dir),
+                "--solutions-dir",
+                str(FIXTURE_SOLUTIONS),
+            ]
+        )
+    return {
+        "rc": rc,
+        "out": out.getvalue(),
+        "err": err.getvalue(),
+        "before": before,
+        "after": learner_copy.read_bytes(),
+        "mtime": (mtime, learner_copy.stat().st_mtime_ns),
+        "feedback_dir": feedback_dir,
+    }
+
+
+def test_submit_json_reports_points_per_exercise(submitted_json):
+    assert submitted_json["rc"] == 0, submitted_json["err"]
+    data = json.loads(submitted_json["out"])
+    cells = {c["exercise"]: c for c in data["cells"]}
+    assert data["lesson"] == FIXTURE
+    assert (data["score"], data["max_score"]) == (2, 3)
+    assert cells["add"]["points"] == 2 and cells["add"]["message"] is None
+    assert cells["mean_of"]["points"] == 0
+    assert "summed instead of averaging" in cells["mean_of"]["message"]
+    assert cells["empty_mean"]["kind"] == "written"
+    assert cells["empty_mean"]["message"] == "graded by your instructor"
+    assert Path(data["feedback"]) == submitted_json["feedback_dir"] / f"{FIXTURE}.html"
+
+
+def test_submit_leaves_the_learner_file_untouched(submitted_json):
+    assert submitted_json["after"] == submitted_json["before"]
+    assert submitted_json["mtime"][0] == submitted_json["mtime"][1]
+
+
+def test_submit_writes_feedback_without_hidden_tests(submitted_json):
+    files = list(submitted_json["feedback_dir"].iterdir())
+    assert [f.name for f in files] == [f"{FIXTURE}.html"]
+    page = files[0].read_text("utf-8")
+    text = _visible_text(page)
+    assert "summed instead of averaging" in text  # the failed check's message
+    for line in _hidden_lines(grading.read_notebook(FIXTURE_SOLUTIONS / f"{FIXTURE}.ipynb")):
+        assert line not in text and line not in page
+
+
+def test_submit_prints_a_clean_report(learner_copy, tmp_path, capsys):
+    rc, out, err = _submit([learner_copy, "--feedback-dir", tmp_path / "fb"], capsys)
+    assert rc == 0, err
+    assert "99_fixture: 2 / 3 autograded points" in out
+    assert re.search(r"✓ add\s+2 / 2", out) and re.search(r"✗ mean_of\s+0 / 1", out)
+    assert "summed instead of averaging" in out
+    assert "graded by your instructor" in out
+    # nbgrader's harmless noise stays out of the learner's report.
+    for noise in ("checksum", "SAWarning", "without encryption", "[WARNING]", "Traceback"):
+        assert noise not in out + err
+
+
+def _assert_nothing_written(folder: Path, before: dict):
+    now = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert now == before
+
+
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("missing", "does not exist"),
+        ("not_course", "not a course notebook"),
+        ("bad_json", "not a valid notebook"),
+        ("directory", "not a notebook file"),
+        ("not_ipynb", "not a notebook file"),
+    ],
+)
+def test_submit_rejects_bad_input_clearly(case, expected, tmp_path, capsys):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    (notebooks / "my_homework.ipynb").write_bytes(
+        (FIXTURE_NOTEBOOKS / f"{FIXTURE}.ipynb").read_bytes()
+    )
+    (notebooks / f"{FIXTURE}.ipynb").write_text('{"cells": [ oops', encoding="utf-8")
+    (notebooks / f"{FIXTURE}.txt").write_text("hello", encoding="utf-8")
+    (notebooks / "folder.ipynb").mkdir()
+    target = {
+        "missing": notebooks / "77_nothing.ipynb",
+        "not_course": notebooks / "my_homework.ipynb",
+        "bad_json": notebooks / f"{FIXTURE}.ipynb",
+        "directory": notebooks / "folder.ipynb",
+        "not_ipynb": notebooks / f"{FIXTURE}.txt",
+    }[case]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    rc, out, err = _submit([target, "--feedback-dir", tmp_path / "feedback"], capsys)
+    assert rc == 2
+    assert expected in err and err.count("\n") == 1, err  # one clear line
+    assert "Traceback" not in err and out == ""
+    assert not (tmp_path / "feedback").exists()
+    _assert_nothing_written(tmp_path, before)
+
+
+# ---------------------------------------------------------------------------------------------
+# kto-course generate and generate --check (on copies of the fixture tree)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A copy of the fixture's solutions/ and notebooks/."""
+    shutil.copytree(FIXTURE_SOLUTIONS, tmp_path / "solutions")
+    shutil.copytree(FIXTURE_NOTEBOOKS, tmp_path / "notebooks")
+    return tmp_path
+
+
+def _generate(tree, *args, capsys):
+    rc = cli.main(
+        [
+            "generate",
+            *args,
+            "--solutions-dir",
+            str(tree / "solutions"),
+            "--notebooks-dir",
+            str(tree / "notebooks"),
+        ]
+    )
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_fixture_student_version_is_generated_and_in_sync(tree, capsys):
+    rc, out, err = _generate(tree, "--check", capsys=capsys)
+    assert rc == 0, out + err
+
+
+def test_generate_is_deterministic_and_strips_outputs(tree, capsys):
+    committed = (tree / "notebooks" / f"{FIXTURE}.ipynb").read_bytes()
+    (tree / "notebooks" / f"{FIXTURE}.ipynb").unlink()
+    assert _generate(tree, capsys=capsys)[0] == 0
+    first = (tree / "notebooks" / f"{FIXTURE}.ipynb").read_bytes()
+    assert _generate(tree, "99", capsys=capsys)[0] == 0
+    assert (tree / "notebooks" / f"{FIXTURE}.ipynb").read_bytes() == first == committed
+    nb = nbformat.reads(first.decode(), as_version=4)
+    for cell in nb.cells:
+        assert cell.get("outputs", []) == [] and cell.get("execution_count") is None
+        for marker in grading.MARKERS:
+            assert marker not in cell.source
+
+
+def test_check_writes_nothing(tree, capsys):
+    before = {p: p.read_bytes() for p in tree.rglob("*") if p.is_file()}
+    nb = grading.read_notebook(tree / "solutions" / f"{FIXTURE}.ipynb")
+    nb.cells[0].source += "\n\nA new sentence."
+    nbformat.write(nb, tree / "solutions" / f"{FIXTURE}.ipynb")
+    before[tree / "solutions" / f"{FIXTURE}.ipynb"] = (
+        tree / "solutions" / f"{FIXTURE}.ipynb"
+    ).read_bytes()
+    _generate(tree, "--check", capsys=capsys)
+    _assert_nothing_written(tree, before)
+
+
+def test_check_detects_a_stale_student_notebook(tree, capsys):
+    nb = grading.read_notebook(tree / "solutions" / f"{FIXTURE}.ipynb")
+    nb.cells[0].source += "\n\nA new sentence."
+    nbformat.write(nb, tree / "solutions" / f"{FIXTURE}.ipynb")
+    rc, out, err = _generate(tree, "--check", capsys=capsys)
+    assert rc == 1
+    assert f"{FIXTURE}.ipynb differs" in out and "kto-course generate" in out
+
+
+def _edit_student(tree, grade_id: str, source: str):
+    path = tree / "notebooks" / f"{FIXTURE}.ipynb"
+    nb = grading.read_notebook(path)
+    _by_id(nb)[grade_id].source = source
+    path.write_text(grading.notebook_text(nb), encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "grade_id,source,expected",
+    [
+        (
+            "ex_mean_of",
+            "def mean_of(xs):\n    total = 0.0\n    for x in xs:\n"
+            "        total += x\n    return total / len(xs)",
+            "solution code",
+        ),
+        ("test_add", "checks.check_add(add)\nchecks.check_add(add, hidden=True)", "a hidden test"),
+        ("ex_add", "def add(a, b):\n    ### BEGIN SOLUTION\n    pass", "### BEGIN SOLUTION"),
+        ("test_add", "checks.check_add(add)\n### END HIDDEN TESTS", "### END HIDDEN TESTS"),
+        (
+            "written_empty_mean",
+            "There is nothing to divide by: the count of an empty list is zero.",
+            "a model written answer",
+        ),
+    ],
+)
+def test_check_detects_a_leak(tree, capsys, grade_id, source, expected):
+    _edit_student(tree, grade_id, source)
+    rc, out, err = _generate(tree, "--check", capsys=capsys)
+    assert rc == 1
+    assert f"{FIXTURE}.ipynb" in out and grade_id in out and expected in out, out
+
+
+def test_check_detects_missing_and_orphaned_student_notebooks(tree, capsys):
+    (tree / "notebooks" / f"{FIXTURE}.ipynb").rename(tree / "notebooks" / "98_gone.ipynb")
+    rc, out, err = _generate(tree, "--check", capsys=capsys)
+    assert rc == 1
+    assert f"{FIXTURE}.ipynb is missing" in out
+    assert "98_gone.ipynb has no solution notebook" in out
+
+
+@pytest.mark.parametrize(
+    "mutate,expected",
+    [
+        (lambda m: m.pop("points"), "does not have points"),
+        (lambda m: m.update(grade_id="ex_add"), "also used by"),
+        (lambda m: m.update(checksum="abc"), "remove 'checksum'"),
+        (lambda m: m.update(grade="yes"), "invalid nbgrader metadata"),
+    ],
+)
+def test_bad_markup_is_reported_clearly(tree, capsys, mutate, expected):
+    path = tree / "solutions" / f"{FIXTURE}.ipynb"
+    nb = grading.read_notebook(path)
+    mutate(_by_id(nb)["test_add"].metadata["nbgrader"])
+    nbformat.write(nb, path, version=nbformat.NO_CONVERT)
+    for args in ([], ["--check"]):
+        rc, out, err = _generate(tree, *args, capsys=capsys)
+        assert rc != 0
+        assert expected in out + err and "test_add" in out + err, out + err
+        assert "Traceback" not in out + err
+
+
+def test_hidden_test_outside_a_test_cell_is_reported(tree, capsys):
+    path = tree / "solutions" / f"{FIXTURE}.ipynb"
+    nb = grading.read_notebook(path)
+    nb.cells[1].source += "\n### BEGIN HIDDEN TESTS\nx = 1\n### END HIDDEN TESTS"
+    nbformat.write(nb, path)
+    rc, out, err = _generate(tree, capsys=capsys)
+    assert rc == 2 and "may only appear in a test cell" in err
+
+
+def test_generate_rejects_an_unknown_lesson(tree, capsys):
+    before = {p: p.read_bytes() for p in tree.rglob("*") if p.is_file()}
+    rc, out, err = _generate(tree, "77_nothing", capsys=capsys)
+    assert rc == 2 and "no lesson called '77_nothing'" in err and FIXTURE in err
+    _assert_nothing_written(tree, before)
+
+
+def test_course_refuses_a_non_empty_directory(tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("mine", encoding="utf-8")
+    rc = cli.main(["course", str(tmp_path), "--solutions-dir", str(FIXTURE_SOLUTIONS)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not empty" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
