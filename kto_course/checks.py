@@ -350,21 +350,24 @@ def check_dpo_loss(dpo_loss, hidden: bool = False) -> None:
 
 
 def _moved_case(rng: np.random.Generator, k: int):
-    # Redraw until the right answer differs from each wrong one, so every misconception shows.
+    # Redraw until the right answer differs from every wrong one (and, for K > 3, the wrong ones
+    # from each other), so that each misconception gets its own message.
     while True:
         logp_ref = -rng.uniform(5.0, 30.0, k)
         logp_theta = logp_ref + rng.normal(0.0, 3.0, k)
         r = logp_theta - logp_ref
-        answers = (np.argmax(r), np.argmax(logp_theta), np.argmax(logp_ref), np.argmin(r))
-        if len(set(int(a) for a in answers)) == len(answers):
-            return logp_theta, logp_ref
+        best = int(np.argmax(r))
+        wrong = [int(np.argmax(logp_theta)), int(np.argmax(logp_ref)), int(np.argmin(r))]
+        if best in wrong or (k > 3 and len(set(wrong + [best + 1])) < 4):
+            continue
+        return logp_theta, logp_ref
 
 
 def check_moved_toward(moved_toward, hidden: bool = False) -> None:
     """Exercise 01.4: which completion did the policy move toward? The one with the largest r."""
     name = "moved_toward"
     rng = _rng(hidden, 104)
-    cases = [_moved_case(rng, k) for k in ((4, 5, 6) if not hidden else (3, 4, 5, 7, 9, 12))]
+    cases = [_moved_case(rng, k) for k in ((4, 5, 6) if not hidden else (4, 5, 7, 9, 12, 3))]
     for logp_theta, logp_ref in cases:
         r = np.asarray(core.log_ratio(logp_theta, logp_ref))
         expected = float(np.argmax(r))
@@ -574,10 +577,6 @@ def check_z0_estimate(z0_estimate, hidden: bool = False) -> None:
                 "you took the absolute value of the mean: a negative mean is clamped to 0, "
                 "not flipped.",
             ),
-            (
-                min(0.0, r_mis.mean()),
-                "you clamped from the wrong side: z0 = max(0, mean), never negative.",
-            ),
         ]
         _diagnose(
             name, got, expected, suspects, "z0 should be max(0, mean of the mismatched r)."
@@ -609,7 +608,7 @@ def _l03_case(rng, n_D: int, n_U: int, beta=None, z0=None):
     return r, z0, desirable, beta, lambda_D, lambda_U
 
 
-def _describe(r, z0, desirable, beta, lambda_D, lambda_U) -> str:
+def _l03_describe(r, z0, desirable, beta, lambda_D, lambda_U) -> str:
     n_D = int(np.sum(desirable))
     return (
         f"(a batch of {len(desirable)} with {n_D} desirable, z0 = {z0:.3g}, beta = {beta:.3g}, "
@@ -617,7 +616,7 @@ def _describe(r, z0, desirable, beta, lambda_D, lambda_U) -> str:
     )
 
 
-def _first_match(result, diagnoses, rtol=1e-6, atol=1e-9) -> str | None:
+def _l03_first_match(result, diagnoses, rtol=1e-6, atol=1e-9) -> str | None:
     """The message of the first wrong formula that ``result`` reproduces, if any."""
     for wrong, message in diagnoses:
         if np.shape(wrong) == np.shape(result) and close(result, wrong, rtol, atol):
@@ -698,9 +697,9 @@ def check_kto_losses(kto_losses, hidden: bool = False) -> None:
         )
         right = core.kto_losses(r, z0, d, beta, lambda_D, lambda_U)
         if not close(out, right):
-            message = _first_match(out, _l03_loss_diagnoses(*case))
+            message = _l03_first_match(out, _l03_loss_diagnoses(*case))
             raise CheckFailed(
-                message or f"kto_losses disagrees with L = lambda_y - v_y {_describe(*case)}."
+                message or f"kto_losses disagrees with L = lambda_y - v_y {_l03_describe(*case)}."
             )
     # Far from the baseline a naive exp(x) / (1 + exp(x)) overflows to inf / inf = NaN.
     r = np.array([-5000.0, 5000.0, -5000.0, 5000.0])
@@ -814,7 +813,7 @@ def check_batch_kto_loss(batch_kto_loss, hidden: bool = False) -> None:
             )
         out = float(out.reshape(()))
         if not close(out, _l03_batch_reference(*case)):
-            message = _first_match(out, _l03_batch_diagnoses(*case))
+            message = _l03_first_match(out, _l03_batch_diagnoses(*case))
             raise CheckFailed(
                 message
                 or f"batch_kto_loss disagrees with the mean of lambda_y - v_y over a batch of "
@@ -865,7 +864,7 @@ def check_recommended_weights(recommended_weights, hidden: bool = False) -> None
         right = core.recommended_weights(n_D, n_U, lambda_D, lambda_U)
         ratio = float(as_float_array(out["ratio"], "ratio", shape=()))
         if not close(ratio, right["ratio"], rtol=1e-9):
-            message = _first_match(ratio, _l03_weights_diagnoses(n_D, n_U, lambda_D, lambda_U))
+            message = _l03_first_match(ratio, _l03_weights_diagnoses(n_D, n_U, lambda_D, lambda_U))
             raise CheckFailed(message or f"the ratio is wrong {about}.")
         if not isinstance(out["in_range"], (bool, np.bool_)):
             raise CheckFailed("in_range must be True or False.")
@@ -969,9 +968,9 @@ def check_kto_loss_grad(kto_loss_grad, hidden: bool = False) -> None:
             shape=r.shape,
         )
         if not close(out, core.kto_loss_grad(*case), rtol=1e-6, atol=1e-12):
-            message = _first_match(out, _l04_grad_diagnoses(*case), atol=1e-12)
+            message = _l03_first_match(out, _l04_grad_diagnoses(*case), atol=1e-12)
             raise CheckFailed(
-                message or f"kto_loss_grad disagrees with dL/dr {_describe(*case)}."
+                message or f"kto_loss_grad disagrees with dL/dr {_l03_describe(*case)}."
             )
     r = np.array([-5000.0, 5000.0, -5000.0, 5000.0])
     d = np.array([True, True, False, False])
@@ -1037,10 +1036,10 @@ def check_autograd_grad(autograd_grad, hidden: bool = False) -> None:
                 "beta is missing from your torch loss.",
             ),
         ]
-        message = _first_match(out, diagnoses, rtol=1e-5, atol=1e-10)
+        message = _l03_first_match(out, diagnoses, rtol=1e-5, atol=1e-10)
         raise CheckFailed(
             message
-            or f"autograd_grad disagrees with d(mean loss)/dr {_describe(*case)}: return "
+            or f"autograd_grad disagrees with d(mean loss)/dr {_l03_describe(*case)}: return "
             "r.grad after calling backward() on the MEAN of the per-example losses."
         )
     passed("autograd_grad", len(cases))
@@ -1121,7 +1120,7 @@ def check_largest_updates(largest_updates, hidden: bool = False) -> None:
                 raise CheckFailed(message)
         raise CheckFailed(
             f"largest_updates picked other examples than the {k} with the largest |dL/dr| "
-            f"{_describe(r, z0, d, beta, lambda_D, lambda_U)}."
+            f"{_l03_describe(r, z0, d, beta, lambda_D, lambda_U)}."
         )
     passed("largest_updates", len(cases))
 
@@ -1192,11 +1191,11 @@ def check_grad_through_z0(grad_through_z0, hidden: bool = False) -> None:
                 "over the mismatched pairs.",
             ),
         ]
-        message = _first_match(out, diagnoses, rtol=1e-5, atol=1e-12)
+        message = _l03_first_match(out, diagnoses, rtol=1e-5, atol=1e-12)
         raise CheckFailed(
             message
             or "grad_through_z0 disagrees with d(mean loss)/d r_mismatched for an attached "
-            f"z0 {_describe(r, max(raw, 0.0), *case[2:])}."
+            f"z0 {_l03_describe(r, max(raw, 0.0), *case[2:])}."
         )
     passed("grad_through_z0", len(cases))
 
@@ -1582,6 +1581,21 @@ def check_flip_labels(flip_labels, hidden: bool = False) -> None:
                     "two calls with generators seeded alike flipped different labels: draw the "
                     "positions from the rng argument, not from np.random or random, so that an "
                     "experiment can be rerun."
+                )
+            other = call_learner(
+                flip_labels, labels.copy(), fraction, np.random.default_rng(seed + 1),
+                name="flip_labels",
+            )
+            if np.array_equal(np.asarray(other, dtype=bool), out):
+                if changed[:k].all():
+                    raise CheckFailed(
+                        "the first labels are always the ones flipped: draw the positions at "
+                        "random with rng."
+                    )
+                raise CheckFailed(
+                    "the flipped positions do not change with the rng: draw them with the rng "
+                    "you are given (a generator of your own makes every experiment flip the "
+                    "same rows)."
                 )
     if only_desirable:
         raise CheckFailed(

@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="rebuild the tiny GPT-2 reference model and tokenizer")
     p.add_argument("--out", default=None, help="folder to write (default: the shipped one)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0 gives the shipped files)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="pretraining steps (400)")
     p.set_defaults(handler=("kto_course.lm.pretrain", "run_pretrain"))
 
     p = sub.add_parser("train", help="KTO fine-tune of the tiny GPT-2; prints a JSON summary")

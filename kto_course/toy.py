@@ -8,8 +8,9 @@ stands in for human judgement: preference pairs are drawn from it by Bradley-Ter
 measure what a trained policy is really worth (its expected utility) and how far it moved from
 the reference (its KL).
 
-The two trainers call the course's reference losses: ``torch_ops.kto_loss`` for KTO and, for
-DPO, the torch form of ``core.dpo_loss``. Everything is seeded: a run is deterministic.
+The two trainers call the course's reference losses: ``torch_ops.kto_loss`` for KTO and
+``torch_ops.dpo_loss`` (the torch twin of ``core.dpo_loss``) for DPO. Everything is seeded: a
+run is deterministic.
 
 Run one comparison from a shell::
 
@@ -177,13 +178,14 @@ def policy_logps(theta: torch.Tensor) -> torch.Tensor:
 def dpo_batch_loss(theta, theta_ref, prompt, chosen, rejected, beta: float = BETA):
     """DPO on a batch of pairs: mean of -log sigmoid(beta * (r_w - r_l)) (lesson 05, exercise 3).
 
-    The torch twin of ``core.dpo_loss`` (torch_ops has no DPO loss). ``prompt``, ``chosen``,
-    ``rejected`` are LongTensors (B,); the result is a scalar that carries theta's gradient.
+    ``torch_ops.dpo_loss`` (the torch twin of ``core.dpo_loss``) on the toy policy. ``prompt``,
+    ``chosen``, ``rejected`` are LongTensors (B,); the result is a scalar that carries theta's
+    gradient.
     """
     logp_theta, logp_ref = policy_logps(theta), policy_logps(theta_ref)
     r_w = logp_theta[prompt, chosen] - logp_ref[prompt, chosen]
     r_l = logp_theta[prompt, rejected] - logp_ref[prompt, rejected]
-    return -F.logsigmoid(beta * (r_w - r_l)).mean()
+    return torch_ops.dpo_loss(r_w, r_l, beta).mean()
 
 
 def kto_batch_loss(

@@ -66,7 +66,10 @@ class KTOConfig:
     eval_samples: int = 512  # completions per evaluation: std err of a rate ~0.02
     seed: int = 0  # seeds prompts, sampling and the offline dataset
     device: str | None = None  # None or "auto": cuda, then mps, then cpu
-    threads: int | None = None  # CPU threads; None: system.default_threads() (<= cores)
+    # CPU threads. 1, measured: at this size a second thread gains little, and on a busy
+    # 2-core machine 2 threads ran 25-40x SLOWER (0.4 vs 10-17 steps/s; OpenMP spin-waits).
+    # None: system.default_threads(), for larger models on an idle machine.
+    threads: int | None = 1
 
     def validate(self) -> None:
         """Reject a bad config before any work starts, in the course's words."""

@@ -8,7 +8,10 @@ A step's ``why`` quotes what the lesson says will happen.
 
 Expectations read the demo's readout as text. ``number("loss", DECREASES)`` means: the readout
 holds ``loss = <number>`` (``=`` or ``:``; pairs separated by commas, semicolons or new lines)
-and that number went down. ``PLOT_CHANGES`` means the plot image's bytes changed.
+and that number went down; a readout written otherwise gets a ``pattern``. ``shows("...")``
+means the readout contains those words afterwards. ``PLOT_CHANGES`` means the plot image's bytes
+changed. A demo with no control (lesson 06's live training run) is ``watch``-ed instead: what it
+must show once its cell has run.
 
 ``tests/test_browser.py`` fails when a lesson has a demo that no entry here drives, when an
 entry names a demo the lesson does not have, and when a step's expectation does not hold in
@@ -20,6 +23,7 @@ from __future__ import annotations
 import ast
 import html
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +35,13 @@ CHANGES = "changes"
 FLIPS_SIGN = "flips sign"  # nonzero before and after, with opposite signs
 STAYS = "stays"  # equal before and after (as printed)
 SHOWS = "shows"  # the readout's text contains ``Expect.text`` after the move
+SHOWN = "is shown"  # the readout shows this number (a demo without controls: what it must show)
 
 PLOT = "<plot>"  # the demo's image
 READOUT = "<readout>"  # the readout's whole text
+
+DEMO = ".kto-demo"  # what kto_course.demos.make_demo builds
+LIVE = ".kto-live-training"  # demos.live_training's box (lesson 06): a readout and a plot
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,9 @@ class Demo:
     name: str  # the function called in the notebook: demos.<name>()
     steps: tuple[Step, ...]
     settle_s: float = 30.0  # how long a step may take to show its result (a training demo: more)
+    selector: str = DEMO  # the demo's box on the page
+    shown: tuple[Expect, ...] = ()  # a demo without controls: what it shows once its cell ran
+    why: str = ""
 
 
 def number(name: str, how: str, pattern: str = "") -> Expect:
@@ -92,6 +103,13 @@ def demo(name: str, *steps: Step, settle_s: float = 30.0) -> Demo:
     if not steps:
         raise ValueError(f"demo {name!r} has no step: move at least one control")
     return Demo(name, tuple(steps), settle_s)
+
+
+def watch(name: str, *shown: Expect, why: str, selector: str = LIVE) -> Demo:
+    """A demo with no control to move (a live training run): what it must show when done."""
+    if not shown:
+        raise ValueError(f"watched demo {name!r} expects nothing: name what it must show")
+    return Demo(name, (), selector=selector, shown=tuple(shown), why=why)
 
 
 # =============================================================================================
@@ -132,7 +150,10 @@ FIXTURE_DEMOS: tuple[Demo, ...] = (
     ),
 )
 
-# Readouts that do not write "name = number" (lesson 02).
+# Readouts that do not write "name = number" (lessons 02 and 06).
+AGREE_REFERENCE = r"agrees with the rating\): reference = ([\d.]+)"
+AGREE_POLICY = r"agrees with the rating\): reference = [\d.]+, policy = ([\d.]+)"
+EFFECTIVE_REFERENCE = r"exp entropy\): reference = ([\d.]+)"
 OWN_PAIRS = r"(\d+) of \d+ prompts paired with their own"
 Z0_MEAN = r"have mean ([-\u2212]?[\d.]+)"
 Z0_SD = r"spread \(sd\) ([\d.]+)"
@@ -364,6 +385,97 @@ LESSONS: dict[str, tuple[Demo, ...]] = {
             ),
         ),
     ),
+    "05_kto_vs_dpo": (
+        demo(
+            "pair_margins",
+            step(
+                "shift both r",
+                10.0,
+                number("DPO loss", STAYS),
+                number("d loss / d r_w", STAYS),
+                number("KTO loss", INCREASES),
+                number("d L / d r_w", INCREASES),
+                PLOT_CHANGES,
+                why="shifting both r moves only KTO's loss; its chosen row saturates (-0.0033)",
+            ),
+            step(
+                "shift both r",
+                0.0,
+                number("DPO loss", STAYS),
+                number("KTO loss", DECREASES),
+                why="back to shift 0",
+            ),
+            step(
+                "margin r_w - r_l",
+                -4.0,
+                number("DPO loss", INCREASES),
+                number("KTO loss", INCREASES),
+                PLOT_CHANGES,
+                why="margin -4: DPO's loss grows without bound (2.13), KTO's stays below 1",
+            ),
+        ),
+        demo(
+            "batch_order",
+            step(
+                "order",
+                "shuffled",
+                number("one-label microbatches", DECREASES),
+                number("min", INCREASES),
+                PLOT_CHANGES,
+                why="shuffled microbatches of 8 (seed 0): none is one-label",
+            ),
+            step(
+                "microbatch",
+                "2",
+                number("one-label microbatches", INCREASES),
+                PLOT_CHANGES,
+                why="with 2 rows per microbatch about half are one-label by chance",
+            ),
+            step(
+                "order",
+                "chosen first",
+                number("one-label share", INCREASES),
+                PLOT_CHANGES,
+                why="chosen first: every microbatch is one-label",
+            ),
+            step(
+                "microbatch",
+                "32",
+                number("one-label share", STAYS),
+                shows("one-label microbatches = 2 of 2"),
+                PLOT_CHANGES,
+                why="no size in the dropdown makes chosen-first order harmless (2 of 2 at 32)",
+            ),
+        ),
+    ),
+    "06_tiny_gpt2_kto": (
+        watch(
+            "live_training",
+            number("loss", SHOWN),
+            number("kl", SHOWN),
+            shows("desirable"),
+            Expect(PLOT, SHOWN),
+            why="the live run draws its metrics: loss, kl, the desirable rate",
+        ),
+        demo(
+            "adjective_explorer",
+            step(
+                "temperature",
+                2.0,
+                number("reference agreement", DECREASES, pattern=AGREE_REFERENCE),
+                number("policy agreement", DECREASES, pattern=AGREE_POLICY),
+                number("reference adjectives in use", INCREASES, pattern=EFFECTIVE_REFERENCE),
+                PLOT_CHANGES,
+                why="temperature 2 flattens both distributions: agreement drops for both models",
+            ),
+            step(
+                "rating",
+                "1 star",
+                PLOT_CHANGES,
+                why="the other rating: other adjectives agree with it",
+            ),
+        ),
+    ),
 }
 
 # The lesson opened in JupyterLab (Run All, then its demos driven there too); the fixture until
@@ -372,7 +484,7 @@ LAB_LESSON = "03_value_and_loss"
 
 # Seconds a lesson's Voila page may take to execute and show its demos (lesson 06 trains, in
 # quick mode).
-LOAD_S: dict[str, float] = {}
+LOAD_S: dict[str, float] = {"06_tiny_gpt2_kto": 300.0}
 DEFAULT_LOAD_S = 120.0
 
 
@@ -484,6 +596,8 @@ def holds(expect: Expect, before: Snapshot, after: Snapshot) -> bool:
     """Whether ``expect`` holds between two snapshots (KeyError: the number is not shown)."""
     if expect.how == SHOWS:
         return expect.text in after.readout
+    if expect.how == SHOWN:
+        return bool(after.plot) if expect.what == PLOT else math.isfinite(_value(after, expect))
     a, b = _value(before, expect), _value(after, expect)
     if expect.how == CHANGES:
         return a != b
@@ -500,17 +614,17 @@ def holds(expect: Expect, before: Snapshot, after: Snapshot) -> bool:
     raise ValueError(f"unknown expectation {expect.how!r}")
 
 
-def failures(step_: Step, before: Snapshot, after: Snapshot) -> list[str]:
-    """The expectations of ``step_`` that do not hold, each with the values seen."""
+def failures(step_: Step | Demo, before: Snapshot, after: Snapshot) -> list[str]:
+    """The expectations of a step (or a watched demo's) that do not hold, with the values seen."""
     out = []
-    for expect in step_.expect:
+    for expect in step_.expect if isinstance(step_, Step) else step_.shown:
         try:
             ok = holds(expect, before, after)
         except KeyError as error:
             out.append(f"{expect}: {error.args[0]}")
             continue
         if not ok:
-            if expect.how == SHOWS:
+            if expect.how in (SHOWS, SHOWN):
                 seen = repr(after.readout)
             elif expect.what == PLOT:
                 seen = "the plot " + ("did not change" if expect.how == CHANGES else "changed")

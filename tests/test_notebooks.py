@@ -43,6 +43,7 @@ def _execute(path, tmp_path):
         timeout=CELL_TIMEOUT,
         kernel_name="python3",
         allow_errors=True,
+        extra_arguments=["--HistoryManager.hist_file=:memory:", "--IPKernelApp.log_level=ERROR"],
         resources={"metadata": {"path": str(tmp_path)}},
     )
     client.execute()

@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from kto_course import system
 from kto_course.lm import model as lm_model
 from kto_course.lm import sampling, task
 from kto_course.lm.tokenizer import build_tokenizer
@@ -87,16 +86,19 @@ def save_reference(model, tokenizer, out, card: dict) -> Path:
 def run_pretrain(args) -> int:
     """``kto-course pretrain [--out DIR] [--seed N]``."""
     out = Path(args.out) if args.out else lm_model.REFERENCE_DIR
-    threads = system.default_threads()
+    # One thread: identical weights need the same thread count, and on a busy 2-core machine
+    # one thread is also much faster for a model this small (see KTOConfig.threads).
+    threads = 1
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    model, tokenizer = pretrain(seed=args.seed)
+    steps = getattr(args, "steps", None) or PRETRAIN_STEPS
+    model, tokenizer = pretrain(seed=args.seed, steps=steps)
     seconds = time.perf_counter() - start
     scores = sampling.evaluate(model, tokenizer, n=CARD_EVAL_SAMPLES, seed=1234)
     card = {
         "seed": args.seed,
         "size": "tiny",
-        "steps": PRETRAIN_STEPS,
+        "steps": steps,
         "parameters": lm_model.n_params(model),
         "threads": threads,
         "pretrain_seconds": round(seconds, 1),

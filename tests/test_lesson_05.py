@@ -1,0 +1,450 @@
+"""Lesson 05 (KTO against DPO): the toy and its trainers, the checks, planted bugs, demos.
+
+Each check must pass the reference (``kto_course.toy``, itself tied to ``core`` below) and the
+notebook's own solutions in visible and hidden mode, and fail every planted misconception with
+the words its message promises. The demos are driven from Python as the lesson describes them,
+and every render function is swept over its controls' ranges with warnings turned into errors.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from browser_specs import readout_numbers, readout_text
+from conftest import SOLUTIONS
+from planted_bugs import PLANTED_BUGS
+
+from kto_course import checks, core, demos, figures, toy
+
+LESSON = "05_kto_vs_dpo"
+NOTEBOOK = SOLUTIONS / f"{LESSON}.ipynb"
+EXERCISES = ("pairs_to_unpaired", "batch_label_shares", "dpo_batch_loss", "flip_labels")
+REFERENCES = {name: getattr(toy, name) for name in EXERCISES}
+CHECKS = {name: getattr(checks, f"check_{name}") for name in EXERCISES}
+# What the notebook's first code cell imports; planted bugs and solutions run in this namespace.
+NAMESPACE = {"np": np, "torch": torch, "F": F, "core": core, "toy": toy}
+
+
+def _define(source: str, name: str):
+    namespace = dict(NAMESPACE)
+    exec(compile(source, f"<{name}>", "exec"), namespace)  # noqa: S102  (test code only)
+    return namespace[name]
+
+
+def _failure(check, fn) -> str | None:
+    """The message of the first failing mode (visible, then hidden, as the test cell runs)."""
+    for hidden in (False, True):
+        try:
+            check(fn, hidden=hidden)
+        except checks.CheckFailed as e:
+            return str(e)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The toy: its losses agree with core and torch_ops, its trainers are deterministic and learn
+# ---------------------------------------------------------------------------------------------
+
+
+def test_dpo_batch_loss_is_the_mean_of_core_dpo_loss():
+    rng = np.random.default_rng(0)
+    theta_ref = rng.normal(size=(5, 6))
+    theta = theta_ref + rng.normal(size=(5, 6))
+    prompt, chosen, rejected = (rng.integers(0, n, 12) for n in (5, 6, 6))
+    beta = 0.3
+    indices = map(torch.tensor, (prompt, chosen, rejected))
+    loss = toy.dpo_batch_loss(torch.tensor(theta), torch.tensor(theta_ref), *indices, beta)
+    logp = theta - np.log(np.exp(theta).sum(1, keepdims=True))
+    logp_ref = theta_ref - np.log(np.exp(theta_ref).sum(1, keepdims=True))
+    r_w = logp[prompt, chosen] - logp_ref[prompt, chosen]
+    r_l = logp[prompt, rejected] - logp_ref[prompt, rejected]
+    assert float(loss) == pytest.approx(np.mean(core.dpo_loss(r_w, r_l, beta)), rel=1e-12)
+
+
+def test_kto_batch_loss_matches_core_with_the_shifted_z0():
+    rng = np.random.default_rng(1)
+    theta_ref = rng.normal(size=(4, 5))
+    theta = torch.tensor(theta_ref + rng.normal(size=(4, 5)), requires_grad=True)
+    prompt, completion = rng.integers(0, 4, 10), rng.integers(0, 5, 10)
+    desirable = rng.random(10) < 0.4
+    loss, metrics = toy.kto_batch_loss(
+        theta, torch.tensor(theta_ref), torch.tensor(prompt), torch.tensor(completion),
+        torch.tensor(desirable), beta=0.5, lambda_D=1.5, lambda_U=0.8,
+    )
+    logp = toy.policy_logps(theta).detach().numpy()
+    logp_ref = toy.policy_logps(torch.tensor(theta_ref)).numpy()
+    r = logp[prompt, completion] - logp_ref[prompt, completion]
+    shifted = completion[core.mismatched_indices(10)]  # x_i with y_{i-1}
+    z0 = core.z0_estimate(logp[prompt, shifted] - logp_ref[prompt, shifted])
+    assert metrics["kl"] == pytest.approx(z0)
+    right = core.kto_loss(r, z0, desirable, 0.5, 1.5, 0.8)
+    assert loss.item() == pytest.approx(right, rel=1e-10)
+    loss.backward()
+    assert theta.grad is not None and theta.grad.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def small():
+    problem = toy.make_problem(n_prompts=6, n_completions=5, seed=3)
+    pairs = toy.sample_pairs(problem, 48, seed=3)
+    return problem, pairs
+
+
+def test_trainers_are_deterministic_and_both_learn(small):
+    problem, pairs = small
+    rows = toy.pairs_to_unpaired(pairs, np.random.default_rng(3))
+    start = toy.evaluate(problem, problem.theta_ref)
+    assert start["kl"] == pytest.approx(0.0, abs=1e-12)
+    for train, data in ((toy.train_dpo, pairs), (toy.train_kto, rows)):
+        first, second = train(problem, data, epochs=3), train(problem, data, epochs=3)
+        np.testing.assert_array_equal(first["theta"], second["theta"])
+        assert first["utility"] > start["utility"] + 0.2  # training helps on clean labels
+        assert 0 < first["kl"]
+        assert first["utility"] <= first["utility_best"]
+        assert len(first["losses"]) == 3 * math.ceil(len(data) / (8 if data is pairs else 16))
+
+
+def test_trainers_restore_torch_threads(small):
+    problem, pairs = small
+    before = torch.get_num_threads()
+    toy.train_dpo(problem, pairs, epochs=1)
+    assert torch.get_num_threads() == before
+
+
+def test_kto_trainer_refuses_batch_size_one(small):
+    problem, pairs = small
+    with pytest.raises(ValueError, match="at least 2"):
+        toy.train_kto(problem, toy.chosen_first(pairs), batch_size=1)
+
+
+def test_kto_trainer_skips_a_last_microbatch_of_one_row(small):
+    problem, pairs = small
+    rows = toy.pairs_to_unpaired(pairs, np.random.default_rng(0))[:17]  # 16 + 1
+    result = toy.train_kto(problem, rows, epochs=1)
+    assert np.isfinite(result["losses"]).all() and np.isnan(result["z0"][-1])
+
+
+def test_conversion_and_corruptions(small):
+    problem, pairs = small
+    first = toy.chosen_first(pairs)
+    labels = [row["label"] for row in first]
+    assert labels == [True] * len(pairs) + [False] * len(pairs)
+    shuffled = toy.pairs_to_unpaired(pairs, np.random.default_rng(0))
+    key = lambda row: (row["prompt"], row["completion"], row["label"])  # noqa: E731
+    assert sorted(map(key, shuffled)) == sorted(map(key, first))
+    shares = toy.batch_label_shares(labels, 16)
+    assert set(shares) == {0.0, 1.0}
+    assert len(toy.batch_label_shares(labels, 10)) == math.ceil(len(labels) / 10)
+
+    flipped = toy.flip_labels(labels, 0.25, np.random.default_rng(0))
+    assert (flipped != np.array(labels)).sum() == round(0.25 * len(labels))
+    swapped = toy.swap_pairs(pairs, 0.5, np.random.default_rng(0))
+    n_swapped = sum(s["chosen"] != p["chosen"] for s, p in zip(swapped, pairs, strict=True))
+    assert n_swapped == round(0.5 * len(pairs))
+    kept = toy.drop_desirable(first, 0.25, np.random.default_rng(0))
+    assert sum(row["label"] for row in kept) == round(0.25 * len(pairs))
+    assert sum(not row["label"] for row in kept) == len(pairs)
+
+
+def test_label_quality_is_a_set_of_shares():
+    quality = toy.label_quality(seed=1)
+    assert set(quality) == {"chosen_negative", "rejected_positive", "pairs_reversed"}
+    assert all(0 <= v <= 1 for v in quality.values())
+
+
+def test_experiments_return_one_value_per_setting_and_seed():
+    ordering = toy.ordering_experiment(seeds=(0,), epochs=1)
+    assert ordering["dpo"].shape == (2, 1) and ordering["reference"].shape == (1,)
+    noise = toy.noise_experiment(fractions=(0.0, 0.4), seeds=(0,), epochs=1)
+    assert noise["kto"].shape == noise["dpo_kl"].shape == (2, 1)
+    imbalance = toy.imbalance_experiment(keeps=(1.0, 0.1), seeds=(0,), epochs=1)
+    assert imbalance["kto_weighted"].shape == (2, 1)
+    # Eq. 8's low end: lambda_D n_D / n_U = 1 after the drop.
+    assert imbalance["lambda_D"][0, 0] == pytest.approx(1.0)
+    assert imbalance["lambda_D"][1, 0] > 5
+    for result in (noise, imbalance):
+        for value in result.values():
+            assert np.isfinite(value).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks: the references and the notebook's solutions pass; misconceptions fail clearly
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+@pytest.mark.parametrize("name", EXERCISES)
+def test_reference_passes(name, hidden, capsys):
+    CHECKS[name](REFERENCES[name], hidden=hidden)
+    assert "passed" in capsys.readouterr().out
+
+
+def _solution_sources() -> dict[str, str]:
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    sources = {}
+    for cell in notebook.cells:
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id", "")
+        if grade_id.startswith("ex_"):
+            sources[grade_id[3:]] = cell.source
+    return sources
+
+
+def test_notebook_has_exactly_these_exercises():
+    assert set(_solution_sources()) == set(EXERCISES)
+
+
+@pytest.mark.parametrize("name", EXERCISES)
+def test_notebook_solution_passes(name):
+    fn = _define(_solution_sources()[name], name)
+    assert _failure(CHECKS[name], fn) is None
+
+
+BUGS = PLANTED_BUGS[LESSON]
+
+
+@pytest.mark.parametrize("bug", BUGS, ids=[f"{b.exercise}-{b.why}" for b in BUGS])
+def test_planted_bug_fails_with_its_message(bug):
+    message = _failure(CHECKS[bug.exercise], _define(bug.code, bug.exercise))
+    assert message is not None, f"the check passed the planted bug: {bug.why}"
+    assert bug.message.lower() in message.lower(), message
+
+
+def test_every_exercise_has_a_planted_bug():
+    assert {bug.exercise for bug in BUGS} == set(EXERCISES)
+
+
+def _raises(*args, **kwargs):
+    raise RuntimeError("boom")
+
+
+def _returns_none(*args, **kwargs):
+    return None
+
+
+def _returns_nan(*args, **kwargs):
+    return np.full(3, np.nan)
+
+
+def _returns_nan_scalar(*args, **kwargs):
+    return torch.tensor(float("nan"), requires_grad=True)
+
+
+@pytest.mark.parametrize("name", EXERCISES)
+@pytest.mark.parametrize(
+    "bad, words",
+    [(_raises, "raised RuntimeError"), (_returns_none, "None")],
+    ids=["raises", "none"],
+)
+def test_broken_functions_fail_clearly(name, bad, words):
+    message = _failure(CHECKS[name], bad)
+    assert message is not None and words in message
+
+
+def test_nan_and_wrong_shapes_fail_clearly():
+    assert "NaN" in _failure(checks.check_batch_label_shares, _returns_nan)
+    assert "NaN" in _failure(checks.check_dpo_batch_loss, _returns_nan_scalar)
+    assert "shape" in _failure(checks.check_flip_labels, _returns_nan)
+
+    def shares_with_one_too_many(labels, batch_size):
+        return np.append(toy.batch_label_shares(labels, batch_size), 0.5)
+
+    assert "shape" in _failure(checks.check_batch_label_shares, shares_with_one_too_many)
+
+    def per_pair_losses(theta, theta_ref, prompt, chosen, rejected, beta):
+        logp, logp_ref = F.log_softmax(theta, -1), F.log_softmax(theta_ref, -1)
+        r_w = logp[prompt, chosen] - logp_ref[prompt, chosen]
+        r_l = logp[prompt, rejected] - logp_ref[prompt, rejected]
+        return -F.logsigmoid(beta * (r_w - r_l))  # no mean: shape (B,)
+
+    assert "shape" in _failure(checks.check_dpo_batch_loss, per_pair_losses)
+
+    def rows_as_tuples(pairs, rng):
+        rows = toy.pairs_to_unpaired(pairs, rng)
+        return [(r["prompt"], r["completion"], r["label"]) for r in rows]
+
+    assert "dict" in _failure(checks.check_pairs_to_unpaired, rows_as_tuples)
+
+    def one_row_per_pair(pairs, rng):
+        return toy.pairs_to_unpaired(pairs, rng)[: len(pairs)]
+
+    assert "exactly two rows" in _failure(checks.check_pairs_to_unpaired, one_row_per_pair)
+
+
+def test_more_misconceptions_are_named():
+    def integer_labels(pairs, rng):
+        return [dict(row, label=int(row["label"])) for row in toy.pairs_to_unpaired(pairs, rng)]
+
+    assert "booleans" in _failure(checks.check_pairs_to_unpaired, integer_labels)
+
+    def counts(labels, batch_size):
+        labels = np.asarray(labels, dtype=bool)
+        starts = range(0, len(labels), batch_size)
+        return np.array([labels[s : s + batch_size].sum() for s in starts])
+
+    assert "counts" in _failure(checks.check_batch_label_shares, counts)
+
+    def no_beta(theta, theta_ref, prompt, chosen, rejected, beta):
+        return toy.dpo_batch_loss(theta, theta_ref, prompt, chosen, rejected, 1.0)
+
+    assert "beta is missing" in _failure(checks.check_dpo_batch_loss, no_beta)
+
+    def probabilities(theta, theta_ref, prompt, chosen, rejected, beta):
+        p, p_ref = torch.softmax(theta, -1), torch.softmax(theta_ref, -1)
+        margin = (p[prompt, chosen] - p_ref[prompt, chosen]) - (
+            p[prompt, rejected] - p_ref[prompt, rejected]
+        )
+        return -F.logsigmoid(beta * margin).mean()
+
+    assert "probabilities" in _failure(checks.check_dpo_batch_loss, probabilities)
+
+    def detached_rejected(theta, theta_ref, prompt, chosen, rejected, beta):
+        logp, logp_ref = F.log_softmax(theta, -1), F.log_softmax(theta_ref, -1)
+        r_w = logp[prompt, chosen] - logp_ref[prompt, chosen]
+        r_l = (logp[prompt, rejected] - logp_ref[prompt, rejected]).detach()
+        return -F.logsigmoid(beta * (r_w - r_l)).mean()
+
+    assert "wrong gradient" in _failure(checks.check_dpo_batch_loss, detached_rejected)
+
+    def set_to_false(labels, fraction, rng):
+        labels = np.array(labels, dtype=bool)
+        where = rng.choice(len(labels), size=round(fraction * len(labels)), replace=False)
+        labels[where] = False  # "flipping" that leaves False labels unchanged
+        return labels
+
+    assert "number of flipped labels" in _failure(checks.check_flip_labels, set_to_false)
+
+    def with_replacement(labels, fraction, rng):
+        labels = np.array(labels, dtype=bool)
+        where = rng.choice(len(labels), size=round(fraction * len(labels)), replace=True)
+        labels[where] = ~labels[where]
+        return labels
+
+    assert "number of flipped labels" in _failure(checks.check_flip_labels, with_replacement)
+
+    def ignores_rng(labels, fraction, rng):
+        return toy.flip_labels(labels, fraction, np.random.default_rng(0))
+
+    assert "rng" in _failure(checks.check_flip_labels, ignores_rng)
+
+    def fixed_order(pairs, rng):
+        return toy.pairs_to_unpaired(pairs, np.random.default_rng(0))
+
+    assert "rng" in _failure(checks.check_pairs_to_unpaired, fixed_order)
+
+
+def test_checks_restore_the_global_generators():
+    np.random.seed(123)
+    expected = np.random.random()
+    np.random.seed(123)
+    checks.check_flip_labels(toy.flip_labels)
+    checks.check_pairs_to_unpaired(toy.pairs_to_unpaired)
+    assert np.random.random() == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Demos driven from Python, and every render function swept over its controls' ranges
+# ---------------------------------------------------------------------------------------------
+
+
+def _numbers(demo) -> dict[str, float]:
+    return readout_numbers(readout_text(demo.readout.value))
+
+
+def test_pair_margins_demo_behaves_as_the_lesson_says():
+    demo = demos.pair_margins()
+    before, plot = _numbers(demo), demo.plot.value
+    assert before["DPO loss"] == pytest.approx(0.313, abs=1e-3)
+    demo.controls["shift"].value = 10.0
+    after = _numbers(demo)
+    assert after["DPO loss"] == before["DPO loss"]  # a common lift is invisible to DPO
+    assert after["d loss / d r_w"] == before["d loss / d r_w"]
+    assert after["KTO loss"] > before["KTO loss"]
+    assert after["chosen row loss"] < before["chosen row loss"]
+    assert abs(after["d L / d r_w"]) < abs(before["d L / d r_w"]) / 10  # saturated
+    assert demo.plot.value != plot
+    demo.controls["shift"].value = 0.0
+    demo.controls["margin"].value = -4.0
+    wrong = _numbers(demo)
+    demo.controls["margin"].value = 4.0
+    right = _numbers(demo)
+    assert wrong["DPO loss"] / right["DPO loss"] > 10  # unbounded
+    assert wrong["KTO loss"] < 1.0 and wrong["KTO loss"] > right["KTO loss"]  # bounded
+
+
+def test_batch_order_demo_behaves_as_the_lesson_says():
+    demo = demos.batch_order()
+    first = _numbers(demo)
+    assert first["one-label share"] == 100
+    plot = demo.plot.value
+    demo.controls["order"].value = "shuffled"
+    shuffled = _numbers(demo)
+    assert shuffled["one-label microbatches"] < first["one-label microbatches"]
+    assert demo.plot.value != plot
+    demo.controls["batch_size"].value = 2
+    assert _numbers(demo)["one-label share"] > shuffled["one-label share"]
+    demo.controls["order"].value = "chosen first"
+    for size in demo.controls["batch_size"].options:
+        demo.controls["batch_size"].value = size
+        assert _numbers(demo)["one-label share"] == 100
+
+
+def _sweep(render, grid):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for values in grid:
+            fig, html = render(**values)
+            text = readout_text(html)
+            assert "nan" not in text.lower() and "inf" not in text.lower(), (values, text)
+            assert readout_numbers(text), values
+            figures.png_bytes(fig)
+
+
+def test_pair_margins_sweep():
+    margins, shifts = (-10.0, 0.0, 10.0), (-15.0, 15.0)
+    z0s, betas = (0.0, 5.0), (0.05, 1.0)
+    grid = [
+        {"margin": m, "shift": s, "z0": z, "beta": b}
+        for m, s, z, b in itertools.product(margins, shifts, z0s, betas)
+    ]
+    _sweep(figures.pair_margins, grid)
+
+
+def test_batch_order_sweep():
+    grid = [
+        {"order": o, "batch_size": b, "seed": 0}
+        for o, b in itertools.product(figures.BATCH_ORDERS, (2, 4, 8, 16, 32))
+    ]
+    grid.append({"order": "shuffled", "batch_size": 8, "seed": 20})
+    _sweep(figures.batch_order, grid)
+    with pytest.raises(ValueError, match="order must be one of"):
+        figures.batch_order("backwards")
+
+
+def test_experiment_figures_draw_without_warnings():
+    rng = np.random.default_rng(0)
+    base = {"reference": rng.normal(size=2), "best": 2 + rng.random(2)}
+    noise = dict(base, fractions=np.array([0.0, 0.2, 0.4]))
+    noise.update({k: rng.normal(size=(3, 2)) for k in ("dpo", "kto", "dpo_kl", "kto_kl")})
+    keys = ("kto", "kto_weighted", "dpo", "kto_kl", "kto_weighted_kl", "dpo_kl", "lambda_D")
+    imbalance = dict(base, keeps=np.array([1.0, 0.5, 0.1]))
+    imbalance.update({k: rng.random((3, 2)) for k in keys})
+    ordering = dict(base)
+    ordering.update({k: rng.random((2, 2)) for k in ("dpo", "kto_shuffled", "kto_chosen_first")})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for render, result in (
+            (figures.noise_experiment_figure, noise),
+            (figures.imbalance_experiment_figure, imbalance),
+        ):
+            fig, table = render(result)
+            figures.png_bytes(fig)
+            assert table.count("<tr>") == 1 + 3 and "nan" not in table
+        table = figures.ordering_experiment_table(ordering)
+        assert "KTO, chosen rows first" in table and "nan" not in table

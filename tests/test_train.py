@@ -1,0 +1,201 @@
+"""Lesson 06's trainer: learning, metrics against the core math, save/load, bad input, CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from kto_course import cli, core, demos, figures
+from kto_course.lm import load_model, load_reference, task
+from kto_course.lm.sampling import encode
+from kto_course.train import KTOConfig, KTOTrainer, batch_logps, from_reference
+
+
+def _trainer(**overrides) -> KTOTrainer:
+    config = KTOConfig(**{"device": "cpu", "threads": 1, "eval_samples": 128, **overrides})
+    return from_reference(config)
+
+
+def test_online_steps_raise_the_desirable_rate():
+    trainer = _trainer(steps=30, eval_every=30, eval_samples=256)
+    summary = trainer.train(progress=False)
+    # Seed 0: 0.47 -> ~0.7-0.8 after 30 steps; a 0.1 rise is far outside sampling noise (~0.03).
+    assert summary["desirable_after"] > summary["desirable_before"] + 0.1
+    assert summary["well_formed_after"] > 0.85
+    assert summary["steps"] == 30 and len(trainer.history) == 30
+    assert [e["step"] for e in trainer.evals] == [0, 30]
+
+
+def test_steps_on_a_fixed_microbatch_lower_its_loss():
+    reference, tokenizer = load_reference()
+    torch.manual_seed(0)
+    prompts = task.random_prompts(8, random.Random(0))
+    rows = [
+        {"prompt": p, "completion": c, "label": y}
+        for p, c, y in zip(
+            prompts,
+            [task.make_completion(*pair) for pair in [("great", "calm"), ("dull", "rude")] * 4],
+            [True, False] * 4,
+            strict=True,
+        )
+    ]
+    config = KTOConfig(mode="offline", batch_size=8, steps=12, device="cpu", threads=1,
+                       offline_size=8, eval_every=100, eval_samples=16)  # fmt: skip
+    trainer = KTOTrainer(load_reference()[0], reference, tokenizer, config, dataset=rows)
+    trainer.train(progress=False)
+    losses = [h["loss"] for h in trainer.history]
+    assert losses[0] == pytest.approx(0.5, abs=1e-6)  # policy == reference: every r is 0
+    assert losses[-1] < losses[0] - 0.02
+    assert trainer.history[-1]["rewards/margins"] > 0
+
+
+def test_step_metrics_equal_the_core_math():
+    trainer = _trainer(steps=1, beta=0.3, lambda_D=1.2, lambda_U=0.8)
+    for _ in range(3):  # move the policy away from the reference first
+        trainer.step()
+    prompts = task.random_prompts(6, random.Random(7))
+    completions = [task.make_completion(a, b) for a, b in
+                   [("great", "calm"), ("dull", "rude"), ("fun", "cold"),
+                    ("warm", "fresh"), ("slow", "messy"), ("bland", "fun")]]  # fmt: skip
+    labels = task.judge(prompts, completions)
+    assert any(labels) and not all(labels)
+    shifted = [completions[i - 1] for i in range(6)]  # TRL: x_i with y_{i-1}
+    with torch.no_grad():
+        policy = trainer.policy
+        lp = batch_logps(policy, encode(trainer.tokenizer, prompts, completions)).numpy()
+        lr_ = batch_logps(trainer.reference, encode(trainer.tokenizer, prompts, completions))
+        kp = batch_logps(policy, encode(trainer.tokenizer, prompts, shifted)).numpy()
+        kr = batch_logps(trainer.reference, encode(trainer.tokenizer, prompts, shifted)).numpy()
+    lr_ = lr_.numpy()
+    trainer.next_batch = lambda: (prompts, completions, labels)
+    record = trainer.step()
+
+    d = np.array(labels)
+    r = core.log_ratio(lp, lr_)
+    z0 = core.z0_estimate(core.log_ratio(kp, kr))
+    assert record["loss"] == pytest.approx(core.kto_loss(r, z0, d, 0.3, 1.2, 0.8), rel=1e-5)
+    assert record["kl"] == pytest.approx(z0, abs=1e-5)
+    assert record["kl_unclamped"] == pytest.approx(np.mean(kp - kr), abs=1e-4)
+    assert record["rewards/chosen"] == pytest.approx(0.3 * r[d].mean(), abs=1e-5)
+    assert record["rewards/rejected"] == pytest.approx(0.3 * r[~d].mean(), abs=1e-5)
+    assert record["rewards/margins"] == pytest.approx(0.3 * (r[d].mean() - r[~d].mean()), abs=1e-5)
+    assert record["logps/chosen"] == pytest.approx(lp[d].mean(), abs=1e-4)
+    assert record["logps/rejected"] == pytest.approx(lp[~d].mean(), abs=1e-4)
+    assert record["learning_rate"] == pytest.approx(1e-3 * 4 / 20)
+    assert record["grad_norm"] > 0
+
+
+def test_reference_stays_frozen_and_policy_moves():
+    trainer = _trainer(steps=3)
+    before = {k: v.clone() for k, v in trainer.reference.state_dict().items()}
+    policy_before = trainer.policy.transformer.wte.weight.clone()
+    trainer.train(progress=False)
+    assert not trainer.reference.training
+    assert all(not p.requires_grad for p in trainer.reference.parameters())
+    assert all(torch.equal(before[k], v) for k, v in trainer.reference.state_dict().items())
+    assert not torch.equal(policy_before, trainer.policy.transformer.wte.weight)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    trainer = _trainer(steps=2)
+    trainer.train(progress=False)
+    trainer.save(tmp_path)
+    reloaded = load_model(tmp_path)
+    assert json.loads((tmp_path / "kto_config.json").read_text())["steps"] == 2
+    ids = encode(trainer.tokenizer, [task.make_prompt("soup", "5 stars")],
+                 [" it was fun and warm."])["input_ids"]  # fmt: skip
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids).logits, trainer.policy(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        ({"batch_size": 1}, "cannot estimate z0"),
+        ({"mode": "sideways"}, "mode must be"),
+        ({"device": "tpu"}, "unknown device"),
+        ({"mode": "offline", "offline_size": 4}, "fewer than one microbatch"),
+    ],
+)
+def test_bad_config_fails_before_training(overrides, words):
+    with pytest.raises(ValueError, match=words):
+        from_reference(KTOConfig(**overrides))
+
+
+def test_empty_dataset_is_refused():
+    reference, tokenizer = load_reference()
+    with pytest.raises(ValueError, match="empty"):
+        KTOTrainer(load_reference()[0], reference, tokenizer, KTOConfig(mode="offline"), dataset=[])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_asked_for_without_cuda_is_a_clear_error(capsys):
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        from_reference(KTOConfig(device="cuda"))
+    assert cli.main(["train", "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_cli_bad_input_is_an_error_not_a_crash(capsys):
+    assert cli.main(["train", "--batch-size", "1"]) == 2
+    assert "cannot estimate z0" in capsys.readouterr().err
+    assert cli.main(["train", "--device", "abacus"]) == 2
+    assert "unknown device" in capsys.readouterr().err
+
+
+def test_cli_train_prints_a_json_summary_and_saves(tmp_path, capsys):
+    out = tmp_path / "policy"
+    code = cli.main(["train", "--device", "cpu", "--steps", "3", "--batch-size", "4",
+                     "--seed", "1", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    for key in ("desirable_before", "desirable_after", "distinct_before", "distinct_after",
+                "steps", "seconds", "steps_per_s", "tokens_per_s", "peak_memory_mb", "device"):
+        assert key in summary
+    assert summary["steps"] == 3 and summary["device"] == "cpu"
+    assert (out / "model.safetensors").is_file()
+    load_model(out)
+
+
+def test_live_training_plots_the_history():
+    trainer = _trainer(steps=4, eval_every=2, eval_samples=32)
+    summary = demos.live_training(trainer, every=2)
+    assert summary["steps"] == 4 and len(trainer.evals) == 3
+    fig, readout = figures.training_curves(trainer.history, trainer.evals)
+    assert "step 4" in readout and "desirable" in readout
+    fig, readout = figures.training_curves([], [])  # before the first step
+    assert readout == "no steps yet"
+    # A history whose batches had one label only (no rewards/rejected): no crash, no NaN text.
+    partial = [{k: v for k, v in h.items() if k != "rewards/rejected"} for h in trainer.history]
+    _, readout = figures.training_curves(partial, trainer.evals)
+    assert "nan" not in readout
+
+
+@pytest.mark.cuda
+def test_training_on_cuda():
+    trainer = from_reference(KTOConfig(device="cuda", steps=20, eval_every=20, eval_samples=256))
+    summary = trainer.train(progress=False)
+    assert summary["device"] == "cuda"
+    assert next(trainer.policy.parameters()).is_cuda
+    assert next(trainer.reference.parameters()).is_cuda
+    assert summary["desirable_after"] > summary["desirable_before"]
+    assert summary["peak_memory_mb"] > 0
+
+
+@pytest.mark.cuda
+def test_large_model_pretrains_and_trains_on_cuda():
+    from kto_course.lm.pretrain import pretrain
+
+    reference, tokenizer = pretrain(size="large", device="cuda", steps=20, lr=1e-3,
+                                    progress=False)  # fmt: skip
+
+
+    trainer = KTOTrainer(copy.deepcopy(reference), reference, tokenizer,
+                         KTOConfig(device="cuda", batch_size=64, lr=3e-4, steps=3,
+                                   eval_samples=64))  # fmt: skip
+    assert trainer.train(progress=False)["steps"] == 3
