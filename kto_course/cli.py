@@ -153,7 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="KTO fine-tune of the tiny GPT-2; prints a JSON summary")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps")
-    p.add_argument("--mode", choices=("online", "offline"), default="online", help="data mode")
+    p.add_argument(
+        "--mode",
+        choices=("online", "offline"),
+        default="online",
+        help="online: fresh samples judged each step; offline: a fixed labelled dataset "
+        "(at beta 0.1 it collapses transiently on the tiny model; --beta 1 fixes it)",
+    )
     p.add_argument("--batch-size", type=_positive_int, default=None, help="microbatch size")
     p.add_argument("--beta", type=_positive_float, default=None, help="KTO beta")
     p.add_argument("--seed", type=int, default=None, help="random seed")

@@ -18,6 +18,7 @@ __all__ = [
     "sequence_logprob",
     "log_ratio",
     "dpo_loss",
+    "dpo_loss_grad",
     "mismatched_indices",
     "z0_estimate",
     "value_desirable",
@@ -178,6 +179,18 @@ def dpo_loss(r_w, r_l, beta):
     return _scalar_or_array(-np.asarray(log_sigmoid(beta * (r_w - r_l))))
 
 
+def dpo_loss_grad(r_w, r_l, beta):
+    """d dpo_loss / d r_w = -beta * sigmoid(-beta * (r_w - r_l)); d / d r_l is its negative.
+
+    Lesson 01: DPO's push never saturates on the wrong side (it tends to -beta), unlike KTO's.
+    """
+    r_w = _float_array("r_w", r_w)
+    r_l = _float_array("r_l", r_l)
+    _same_shape(r_w=r_w, r_l=r_l)
+    beta = _positive("beta", beta)
+    return _scalar_or_array(-beta * np.asarray(sigmoid(-beta * (r_w - r_l))))
+
+
 # ---------------------------------------------------------------------------------------------
 # Lesson 02: the KL reference point z0
 # ---------------------------------------------------------------------------------------------
@@ -204,24 +217,24 @@ def mismatched_indices(batch_size: int, convention: str = "trl") -> np.ndarray:
     return np.roll(np.arange(batch_size), shifts[convention])
 
 
-def z0_estimate(mismatched_r, clamp: bool = True) -> float:
+def z0_estimate(mismatched_r, clamp: bool = True):
     """z0 = max(0, mean_j r(x_j, y'_j)) over the mismatched pairs of a microbatch (paper Eq. 6).
 
-    Lesson 02. ``clamp=False`` shows the raw estimate (it can be negative); the clamp at 0 is
-    what makes trainers log "kl = 0" so often. Treated as a constant (stop-gradient) in the loss.
+    Lesson 02. ``mismatched_r`` has shape (B,), or (..., B) for many microbatches at once (one
+    z0 each, as in lesson 02's spread demo). ``clamp=False`` shows the raw estimate (it can be
+    negative); the clamp at 0 is what makes trainers log "kl = 0" so often. Treated as a
+    constant (stop-gradient) in the loss.
     """
     r_mis = _float_array("mismatched_r", mismatched_r)
-    if r_mis.ndim != 1:
-        raise ValueError(
-            f"mismatched_r must be one value per example, shape (B,), got {r_mis.shape}."
-        )
-    if r_mis.size < 2:
+    if r_mis.ndim == 0:
+        raise ValueError("mismatched_r must be one value per example, shape (B,), not a number.")
+    if r_mis.shape[-1] < 2:
         raise ValueError(
             "z0 needs at least 2 mismatched pairs: with a batch of 1 the only other completion "
             "is the example's own, so there is no mismatched pair. Use a batch of 2 or more."
         )
-    z0 = float(r_mis.mean())
-    return max(0.0, z0) if clamp else z0
+    z0 = r_mis.mean(axis=-1)
+    return _scalar_or_array(np.maximum(z0, 0.0) if clamp else z0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -67,6 +67,8 @@ def token_logprobs(completion: str = "short", reduce: str = "sum", tokens: str =
     Returns ``(fig, readout_html)``. The readout states log pi_theta(y|x), log pi_ref(y|x) and
     r as computed with the chosen tokens and reduction (``core.sequence_logprob`` for the sum).
     """
+    from matplotlib.colors import to_rgb  # imported here: the shared import block is not ours
+
     known = completion in _COMPLETIONS and reduce in TOKEN_REDUCTIONS and tokens in TOKEN_SPANS
     if not known:
         raise ValueError(
@@ -87,8 +89,6 @@ def token_logprobs(completion: str = "short", reduce: str = "sum", tokens: str =
         TOKEN_SPANS[1]: position < n_body,
         TOKEN_SPANS[2]: np.ones(width, dtype=bool),
     }[tokens]
-    from matplotlib.colors import to_rgb  # here: the shared import block is not this lesson's
-
     seq_theta = core.sequence_logprob(logp_theta, used)
     seq_ref = core.sequence_logprob(logp_ref, used)
     if reduce == "mean":  # the misconception, shown on purpose: length normalisation
@@ -131,9 +131,9 @@ def dpo_margin(beta: float = 0.1, margin: float = 2.0):
     """
     m = np.linspace(-30.0, 30.0, 301)
     loss_curve = core.dpo_loss(m, np.zeros_like(m), beta)
-    slope_curve = -beta * core.sigmoid(-beta * m)
+    slope_curve = core.dpo_loss_grad(m, np.zeros_like(m), beta)
     loss = core.dpo_loss(np.array([margin]), np.zeros(1), beta)[0]
-    slope = -beta * core.sigmoid(-beta * margin)
+    slope = core.dpo_loss_grad(margin, 0.0, beta)
 
     fig, (ax_loss, ax_slope) = new_figure(ncols=2)
     ax_loss.plot(m, loss_curve, color=COLOR_POLICY)
@@ -159,7 +159,7 @@ def dpo_margin(beta: float = 0.1, margin: float = 2.0):
 # Lesson 02 (owned by the lessons 01-02 author)
 # =============================================================================================
 
-Z0_RESAMPLES = 2000  # simulated microbatches per histogram: enough for a smooth shape, ~10 ms
+Z0_RESAMPLES = 2000  # simulated microbatches per histogram: enough for a smooth shape
 Z0_BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128)
 Z0_CLAMP = ("clamp at 0", "raw mean")
 
@@ -175,10 +175,7 @@ def _z0_estimates(batch_size: int, true_mean: float, spread: float, clamp: bool)
     if batch_size > draws.shape[1]:
         draws = np.random.default_rng(0).standard_normal((Z0_RESAMPLES, batch_size))
     r_mis = true_mean + spread * draws[:, :batch_size]
-    # core.z0_estimate row by row, vectorised (a Python loop over rows takes ~0.8 s per render);
-    # tests/test_lessons_01_02.py checks that the two agree.
-    means = r_mis.mean(axis=1)
-    return np.maximum(means, 0.0) if clamp else means
+    return core.z0_estimate(r_mis, clamp=clamp)  # one z0 per simulated microbatch (row)
 
 
 def z0_spread(batch_size: int = 8, true_mean: float = 0.3, spread: float = 1.0, clamp=Z0_CLAMP[0]):
@@ -557,8 +554,7 @@ def pair_margins(margin: float = 2.0, shift: float = 0.0, z0: float = 1.0, beta:
     dpo = float(core.dpo_loss(r_w, r_l, beta))
     kto_w, kto_l = core.kto_losses(r, z0, labels, beta)
     kto_mean = core.kto_loss(r, z0, labels, beta)
-    # d(-log sigmoid(beta * m)) / d r_w = -beta * sigmoid(-beta * m): lesson 01's slope.
-    dpo_grad_w = -beta * float(core.sigmoid(-beta * margin))
+    dpo_grad_w = core.dpo_loss_grad(r_w, r_l, beta)
     kto_grad_w, kto_grad_l = core.kto_loss_grad(r, z0, labels, beta)
 
     fig, (ax_line, ax_loss) = new_figure(ncols=2)

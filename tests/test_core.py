@@ -87,6 +87,20 @@ def test_mismatched_indices_conventions(n):
     assert sorted(trl) == list(range(n))  # a permutation: every completion used once
 
 
+def test_dpo_loss_grad_matches_finite_differences():
+    r_w, r_l, beta, h = np.array([1.0, -2.0, 40.0]), np.array([0.5, 3.0, -40.0]), 0.3, 1e-6
+    numeric = (core.dpo_loss(r_w + h, r_l, beta) - core.dpo_loss(r_w - h, r_l, beta)) / (2 * h)
+    np.testing.assert_allclose(core.dpo_loss_grad(r_w, r_l, beta), numeric, rtol=1e-6, atol=1e-12)
+
+
+def test_z0_of_many_microbatches_at_once_equals_one_at_a_time():
+    r_mis = np.random.default_rng(0).normal(0.1, 1.0, size=(50, 6))
+    for clamp in (True, False):
+        batched = core.z0_estimate(r_mis, clamp=clamp)
+        assert batched.shape == (50,)
+        np.testing.assert_allclose(batched, [core.z0_estimate(row, clamp=clamp) for row in r_mis])
+
+
 def test_z0_mean_then_clamp():
     assert core.z0_estimate([-1.0, -3.0]) == 0.0
     assert core.z0_estimate([-1.0, -3.0], clamp=False) == -2.0
@@ -155,7 +169,7 @@ def test_imbalance_rule_like_trl_warning():
         (lambda: core.mismatched_indices(4, convention="reverse"), "convention"),
         (lambda: core.z0_estimate([0.3]), "batch of 1"),
         (lambda: core.z0_estimate([]), "empty"),
-        (lambda: core.z0_estimate([[0.1, 0.2]]), "shape (B,)"),
+        (lambda: core.z0_estimate(0.3), "shape (B,)"),
         (lambda: core.sequence_logprob([[-1.0, -2.0]], [[1, 0, 1]]), "shape mismatch"),
         (lambda: core.sequence_logprob([-1.0, -2.0], [1, 2]), "True/False"),
         (lambda: core.sequence_logprob([-1.0, 0.5], [1, 1]), "<= 0"),

@@ -6,6 +6,11 @@ the solved notebook scores full marks, the untouched student version scores zero
 bug (tests/planted_bugs.py) loses exactly its exercise's points with the listed words, an endless
 loop times out while the other exercises are graded, an edited test cell is restored, a deleted
 one is put back and graded, and the HTML feedback shows no hidden test.
+
+Each student costs a kernel start and the lesson's imports (seconds), so: the cells after a
+lesson's last test cell are left out (they cannot change a grade; test_notebooks.py runs them),
+and only the first planted bug of each exercise is graded alone; the others share students,
+at most one bug per exercise each (see ``Lesson.bug_students``).
 """
 
 from __future__ import annotations
@@ -144,13 +149,37 @@ class Lesson:
         first, last = next(iter(self.exercises)), list(self.exercises)[-1]
         self.edited_exercise, self.deleted_exercise = first, last
 
+    def bug_students(self) -> dict[str, list[int]]:
+        """{student: indices of the planted bugs in their notebook}.
+
+        The first bug of each exercise is graded alone: that proves the exercise is isolated
+        (its bug costs exactly its points). Each further bug shares a student with further bugs
+        of OTHER exercises (at most one per exercise), which saves a kernel start per bug; every
+        exercise without a bug in that student must still score full points.
+        """
+        students, seen, rounds = {}, set(), {}
+        for i, bug in enumerate(self.bugs):
+            if bug.exercise not in seen:
+                seen.add(bug.exercise)
+                students[f"bug{i}"] = [i]
+                continue
+            k = rounds[bug.exercise] = rounds.get(bug.exercise, 0) + 1
+            students.setdefault(f"bugs_round{k}", []).append(i)
+        return students
+
+    def student_of_bug(self, index: int) -> str:
+        return next(s for s, ids in self.bug_students().items() if index in ids)
+
     def scenarios(self) -> dict:
         # Trimmed before any tampering, so that a deleted test cell does not move the cut.
         student = trimmed(self.student)
         full = solved(student, self.solution)
         cases = {"solved": full, "untouched": student}
-        for i, bug in enumerate(self.bugs):
-            cases[f"bug{i}"] = with_answer(full, bug.exercise, bug.code)
+        for student, indices in self.bug_students().items():
+            nb = full
+            for i in indices:
+                nb = with_answer(nb, self.bugs[i].exercise, self.bugs[i].code)
+            cases[student] = nb
         cases["loop"] = with_answer(
             full, self.loop_exercise, ENDLESS_LOOP.format(name=self.loop_exercise)
         )
@@ -248,16 +277,18 @@ def test_every_exercise_has_a_planted_bug(name):
 def test_planted_bug_loses_exactly_its_exercise(name, index):
     lesson, results = graded(name)
     bug = lesson.bugs[index]
-    result = results[f"bug{index}"]
+    student = lesson.student_of_bug(index)
+    bugged = {lesson.bugs[i].exercise for i in lesson.bug_students()[student]}
+    result = results[student]
     cells = _autograded(result)
     assert bug.exercise in cells, f"{name}: no test cell test_{bug.exercise}"
     assert cells[bug.exercise].points == 0, (
         f"{name}: planted bug {bug.why or bug.code!r} was not caught:\n"
         + grading.format_report(result)
     )
-    others = {e: c.points for e, c in cells.items() if e != bug.exercise}
+    others = {e: c.points for e, c in cells.items() if e not in bugged}
     assert others == {e: lesson.exercises[e] for e in others}, grading.format_report(result)
-    assert result.score == result.max_score - lesson.exercises[bug.exercise]
+    assert result.score == result.max_score - sum(lesson.exercises[e] for e in bugged)
     message = cells[bug.exercise].message or ""
     assert bug.message.lower() in message.lower(), (
         f"{name}: the message for {bug.why or bug.code!r} should contain {bug.message!r}; it is "
