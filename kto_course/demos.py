@@ -31,7 +31,13 @@ def make_demo(title: str, controls: dict, render: Callable[..., tuple]) -> widge
         control.observe(update, names="value")
     update()
     box = widgets.VBox(
-        [widgets.HTML(f"<b>{title}</b>"), widgets.HBox(list(controls.values())), readout, plot]
+        [
+            widgets.HTML(f"<b>{title}</b>"),
+            # Wrap onto several rows rather than squeezing six sliders into one.
+            widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap")),
+            readout,
+            plot,
+        ]
     )
     box.add_class("kto-demo")
     box.controls, box.readout, box.plot, box.update = controls, readout, plot, update

@@ -159,7 +159,7 @@ def markup_problems(nb: nbformat.NotebookNode, where: str) -> list[str]:
     return problems
 
 
-def _secret_lines(solution_nb: nbformat.NotebookNode) -> dict[str, str]:
+def secret_lines(solution_nb: nbformat.NotebookNode) -> dict[str, str]:
     """Lines a student version must not contain, mapped to what they are.
 
     Solution regions, hidden-test regions and model written answers, minus any line that also
@@ -193,7 +193,7 @@ def leaks(
     student_nb: nbformat.NotebookNode, solution_nb: nbformat.NotebookNode, where: str
 ) -> list[str]:
     """Markers, solution code, hidden tests or model answers found in a student version."""
-    secret = _secret_lines(solution_nb)
+    secret = secret_lines(solution_nb)
     found = []
     for i, cell in enumerate(student_nb.cells):
         here = f"{where}, {_describe(cell, i)}"

@@ -119,7 +119,7 @@ def test_feedback_has_scores_and_no_hidden_tests(classroom):
     assert "Score: 2.0 / 2.0" in text and "Score: 0.0 / 1.0" in text
     assert "HIDDEN TESTS" not in text
     solution = grading.read_notebook(FIXTURE_SOLUTIONS / f"{LESSON}.ipynb")
-    hidden = [s for s, what in grading._secret_lines(solution).items() if what == "a hidden test"]
+    hidden = [s for s, what in grading.secret_lines(solution).items() if what == "a hidden test"]
     assert hidden
     for line in hidden:
         assert line not in text and line not in page

@@ -242,3 +242,14 @@ def test_adjective_bars_readout_states_agreement():
     assert "policy = 2.0" in readout  # two adjectives in effective use
     _, readout = figures.adjective_bars(words, p_ref, p_pol, wanted_positive=False, n_positive=n)
     assert "reference = 0.30" in readout and "policy = 0.00" in readout
+
+
+def test_encode_caps_a_runaway_completion_within_the_model_positions(reference):
+    model, tok = reference
+    runaway = " it was great and calm" * 20 + "."
+    batch = encode(tok, [task.make_prompt("soup", "5 stars")], [runaway])
+    assert batch["input_ids"].shape[1] <= model.config.n_positions
+    assert batch["input_ids"][0, -1] == tok.eos_token_id
+    assert not task.is_well_formed(runaway)
+    with torch.no_grad():
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])

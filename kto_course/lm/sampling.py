@@ -15,12 +15,17 @@ __all__ = ["encode", "sample", "evaluate", "adjective_probs", "MAX_NEW_TOKENS"]
 
 # A completion is 6 tokens plus <eos>; anything still going after 12 cannot be well formed.
 MAX_NEW_TOKENS = 12
+# encode() keeps at most this many completion tokens. Decoding a sample and tokenizing the text
+# again can give MORE tokens than were sampled (an untrained model emits odd byte sequences);
+# the cap keeps every row inside the model's 32 positions. Such a row is malformed anyway.
+MAX_COMPLETION_TOKENS = 16
 
 
 def encode(tokenizer, prompts, completions, device="cpu") -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``, ``attention_mask`` and ``completion_mask`` (B, T).
 
-    Each row is prompt tokens + completion tokens + <eos>, then <pad>. ``completion_mask`` is
+    Each row is prompt tokens + completion tokens (at most ``MAX_COMPLETION_TOKENS``) + <eos>,
+    then <pad>. ``completion_mask`` is
     True on the completion tokens and the <eos> (the model must learn where to stop), False on
     prompt and padding: exactly what ``torch_ops.sequence_logps`` sums over.
     """
@@ -30,6 +35,7 @@ def encode(tokenizer, prompts, completions, device="cpu") -> dict[str, torch.Ten
         raise ValueError("encode got an empty batch: pass at least one prompt and completion.")
     prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+    completion_ids = [ids[:MAX_COMPLETION_TOKENS] for ids in completion_ids]
     eos = [tokenizer.eos_token_id]
     rows = [p + c + eos for p, c in zip(prompt_ids, completion_ids, strict=True)]
     width = max(len(row) for row in rows)
