@@ -50,7 +50,7 @@ def doctor_report() -> dict:
             report["cuda device"] = torch.cuda.get_device_name(0)
     except ImportError:
         report["device"] = "unknown (torch is not installed)"
-    report["threads the trainer uses"] = system.default_threads()
+    report["cpu threads for larger models"] = system.default_threads()
     chromium = system.find_chromium()
     report["chromium"] = chromium or (
         f"not found (apt-get install chromium, or set {system.CHROMIUM_ENV}); "
@@ -134,7 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds a cell may run before it is interrupted",
     )
-    p.add_argument("--feedback-dir", default="feedback", help="where the HTML feedback goes")
+    p.add_argument(
+        "--feedback-dir",
+        default=None,
+        help="where the HTML feedback goes (default: feedback/ beside notebooks/)",
+    )
     _add_course_dirs(p)
     p.set_defaults(handler=("kto_course.grading", "run_submit"))
 

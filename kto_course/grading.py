@@ -37,6 +37,8 @@ from traitlets.config import Config
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS_DIR = ROOT / "solutions"
 NOTEBOOKS_DIR = ROOT / "notebooks"
+# Beside notebooks/, never inside it, wherever the learner runs the command from (git-ignored).
+FEEDBACK_DIR = ROOT / "feedback"
 
 COURSE_ID = "kto-course"
 # Seconds one cell may run when a learner submits; the longest lesson cell takes far less.
@@ -594,7 +596,7 @@ def submit(
     notebook_path,
     *,
     solutions_dir: Path = SOLUTIONS_DIR,
-    feedback_dir: Path | None = Path("feedback"),
+    feedback_dir: Path | None = FEEDBACK_DIR,
     timeout: int = DEFAULT_TIMEOUT,
 ) -> GradeResult:
     """Grade a copy of a learner's notebook; write ``feedback_dir/<lesson>.html``.
@@ -675,7 +677,7 @@ def run_submit(args: argparse.Namespace) -> int:
     result = submit(
         args.notebook,
         solutions_dir=Path(getattr(args, "solutions_dir", None) or SOLUTIONS_DIR),
-        feedback_dir=Path(args.feedback_dir),
+        feedback_dir=Path(args.feedback_dir) if args.feedback_dir else FEEDBACK_DIR,
         timeout=args.timeout or DEFAULT_TIMEOUT,
     )
     if args.json:

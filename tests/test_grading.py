@@ -644,3 +644,18 @@ def test_course_refuses_a_non_empty_directory(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "not empty" in err
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_submit_feedback_goes_beside_notebooks_wherever_it_is_run(monkeypatch, tmp_path):
+    """Run from notebooks/ (a JupyterLab terminal) or anywhere: feedback never lands in it."""
+    seen = {}
+
+    def fake_submit(notebook, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(grading, "submit", fake_submit)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["submit", str(ROOT / "notebooks" / "01_log_ratio.ipynb")]) == 2
+    assert seen["feedback_dir"] == ROOT / "feedback"
+    assert not seen["feedback_dir"].is_relative_to(ROOT / "notebooks")
