@@ -77,23 +77,18 @@ def _labels(desirable, shape: tuple) -> np.ndarray:
     return d
 
 
-def _positive(name: str, x) -> float:
+def require_positive(name: str, x, allow_zero: bool = False) -> float:
+    """``x`` as a finite float > 0 (>= 0 with ``allow_zero``), else a ValueError naming it.
+
+    Shared with ``torch_ops`` so beta and the lambdas are checked the same way everywhere.
+    """
     try:
         v = float(x)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number, got {x!r}.") from None
-    if not np.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {x!r}.")
-    return v
-
-
-def _nonnegative(name: str, x) -> float:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {x!r}.") from None
-    if not np.isfinite(v) or v < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {x!r}.")
+    if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {x!r}.")
     return v
 
 
@@ -175,7 +170,7 @@ def dpo_loss(r_w, r_l, beta):
     r_w = _float_array("r_w", r_w)
     r_l = _float_array("r_l", r_l)
     _same_shape(r_w=r_w, r_l=r_l)
-    beta = _positive("beta", beta)
+    beta = require_positive("beta", beta)
     return _scalar_or_array(-np.asarray(log_sigmoid(beta * (r_w - r_l))))
 
 
@@ -187,7 +182,7 @@ def dpo_loss_grad(r_w, r_l, beta):
     r_w = _float_array("r_w", r_w)
     r_l = _float_array("r_l", r_l)
     _same_shape(r_w=r_w, r_l=r_l)
-    beta = _positive("beta", beta)
+    beta = require_positive("beta", beta)
     return _scalar_or_array(-beta * np.asarray(sigmoid(-beta * (r_w - r_l))))
 
 
@@ -245,16 +240,16 @@ def z0_estimate(mismatched_r, clamp: bool = True):
 def value_desirable(delta, beta, lambda_D=1.0):
     """v_D = lambda_D * sigmoid(beta * delta), delta = r - z0 (paper Eq. 7; lesson 03)."""
     delta = _float_array("delta", delta)
-    beta = _positive("beta", beta)
-    lambda_D = _nonnegative("lambda_D", lambda_D)
+    beta = require_positive("beta", beta)
+    lambda_D = require_positive("lambda_D", lambda_D, allow_zero=True)
     return _scalar_or_array(lambda_D * np.asarray(sigmoid(beta * delta)))
 
 
 def value_undesirable(delta, beta, lambda_U=1.0):
     """v_U = lambda_U * sigmoid(-beta * delta), delta = r - z0 (paper Eq. 7; lesson 03)."""
     delta = _float_array("delta", delta)
-    beta = _positive("beta", beta)
-    lambda_U = _nonnegative("lambda_U", lambda_U)
+    beta = require_positive("beta", beta)
+    lambda_U = require_positive("lambda_U", lambda_U, allow_zero=True)
     return _scalar_or_array(lambda_U * np.asarray(sigmoid(-beta * delta)))
 
 
@@ -262,9 +257,9 @@ def _kto_inputs(r, z0, desirable, beta, lambda_D, lambda_U):
     r = _float_array("r", r)
     z0 = _scalar("z0", z0)
     d = _labels(desirable, r.shape)
-    beta = _positive("beta", beta)
-    lambda_D = _nonnegative("lambda_D", lambda_D)
-    lambda_U = _nonnegative("lambda_U", lambda_U)
+    beta = require_positive("beta", beta)
+    lambda_D = require_positive("lambda_D", lambda_D, allow_zero=True)
+    lambda_U = require_positive("lambda_U", lambda_U, allow_zero=True)
     return r, z0, d, beta, lambda_D, lambda_U
 
 
@@ -332,8 +327,8 @@ def _count(name: str, n) -> int:
 def imbalance_ratio(n_D, n_U, lambda_D=1.0, lambda_U=1.0) -> float:
     """lambda_D * n_D / (lambda_U * n_U); the paper (Eq. 8) recommends it lie in [1, 4/3]."""
     n_D, n_U = _count("n_D", n_D), _count("n_U", n_U)
-    lambda_D = _positive("lambda_D", lambda_D)
-    lambda_U = _positive("lambda_U", lambda_U)
+    lambda_D = require_positive("lambda_D", lambda_D)
+    lambda_U = require_positive("lambda_U", lambda_U)
     return lambda_D * n_D / (lambda_U * n_U)
 
 

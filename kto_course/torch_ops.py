@@ -87,7 +87,7 @@ def dpo_loss(r_w: torch.Tensor, r_l: torch.Tensor, beta: float = 0.1) -> torch.T
             f"shape mismatch: r_w {tuple(r_w.shape)} and r_l {tuple(r_l.shape)}: one preferred "
             "and one rejected log-ratio per pair."
         )
-    beta = core._positive("beta", beta)
+    beta = core.require_positive("beta", beta)
     return -F.logsigmoid(beta * (r_w - r_l))
 
 
@@ -148,9 +148,9 @@ def kto_loss(
         raise ValueError(
             f"desirable must be a bool tensor (True = thumbs-up), got {desirable.dtype}."
         )
-    beta = core._positive("beta", beta)
-    lambda_D = core._nonnegative("lambda_D", lambda_D)
-    lambda_U = core._nonnegative("lambda_U", lambda_U)
+    beta = core.require_positive("beta", beta)
+    lambda_D = core.require_positive("lambda_D", lambda_D, allow_zero=True)
+    lambda_U = core.require_positive("lambda_U", lambda_U, allow_zero=True)
 
     if loss_type == "kto":
         if kl_logp_theta is None or kl_logp_ref is None:
