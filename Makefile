@@ -8,13 +8,13 @@ STAMP  := $(VENV)/.kto-course-installed
 # Jupyter refuses to run as root without --allow-root (CI and containers run as root).
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: lab test lint generate check-notebooks benchmark doctor clean
+.PHONY: lab test test-fast lint generate check-notebooks benchmark doctor clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# torch first, pinned: any other torch requirement pulls a multi-GB CUDA build.
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,trl]'
 	@touch $(STAMP)
 
 lab: $(STAMP)
@@ -22,6 +22,12 @@ lab: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The inner loop (< 1 min): everything but notebooks, grading, classroom and browser tests.
+FAST_IGNORE := tests/test_notebooks.py tests/test_grading.py tests/test_classroom.py \
+	tests/test_browser.py tests/test_generate.py
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not browser" $(addprefix --ignore=,$(FAST_IGNORE))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check kto_course tests benchmarks
@@ -34,6 +40,7 @@ check-notebooks: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/finetune.py
+	$(PY) benchmarks/vs_trl.py
 
 doctor: $(STAMP)
 	$(VENV)/bin/kto-course doctor

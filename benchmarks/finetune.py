@@ -24,7 +24,13 @@ import torch  # noqa: E402
 
 from kto_course import system  # noqa: E402
 from kto_course.lm import evaluate  # noqa: E402
-from kto_course.train import KTOConfig, KTOTrainer, from_reference, peak_memory_mb  # noqa: E402
+from kto_course.train import (  # noqa: E402
+    GPU_PRESET,
+    KTOConfig,
+    KTOTrainer,
+    from_reference,
+    peak_memory_mb,
+)
 
 TARGET = 0.9
 FINAL_SAMPLES = 1024  # final desirable rate and diversity: std err of a rate ~0.007
@@ -75,18 +81,15 @@ def cpu(args) -> dict:
 
 
 def gpu(args) -> dict:
-    from kto_course.lm.pretrain import pretrain
-
     if not torch.cuda.is_available():
         raise SystemExit("--gpu needs a CUDA GPU (torch.cuda.is_available() is False)")
     t = time.perf_counter()
-    reference, tokenizer = pretrain(size="large", device="cuda", lr=1e-3, steps=400,
-                                    progress=False)  # fmt: skip
+    reference, tokenizer = GPU_PRESET.reference()
     torch.cuda.synchronize()
     pretrain_s = time.perf_counter() - t
     torch.cuda.reset_peak_memory_stats()
-    config = KTOConfig(device="cuda", seed=args.seed, batch_size=64, lr=3e-4, eval_every=10,
-                       eval_samples=512, steps=args.steps or 150)  # fmt: skip
+    config = GPU_PRESET.config(seed=args.seed, eval_every=10, eval_samples=512,
+                               steps=args.steps or 150)  # fmt: skip
     t0 = time.perf_counter()
     trainer = KTOTrainer(copy.deepcopy(reference), reference, tokenizer, config)
     result = run(trainer, reference, tokenizer, t0)

@@ -15,7 +15,7 @@ import numpy as np
 __all__ = [
     "sigmoid",
     "log_sigmoid",
-    "sequence_logprob",
+    "sequence_logps",
     "log_ratio",
     "dpo_loss",
     "dpo_loss_grad",
@@ -53,8 +53,12 @@ def _float_array(name: str, x) -> np.ndarray:
     return a
 
 
-def _same_shape(**arrays: np.ndarray) -> None:
-    shapes = {name: a.shape for name, a in arrays.items()}
+def same_shape(**arrays) -> None:
+    """One value per example in each array (NumPy or torch): else a ValueError naming them.
+
+    Shared with ``torch_ops``, so a shape mismatch reads the same everywhere.
+    """
+    shapes = {name: tuple(a.shape) for name, a in arrays.items()}
     if len(set(shapes.values())) > 1:
         listed = ", ".join(f"{n} {s}" for n, s in shapes.items())
         raise ValueError(
@@ -90,6 +94,17 @@ def require_positive(name: str, x, allow_zero: bool = False) -> float:
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number {bound}, got {x!r}.")
     return v
+
+
+def require_batch_of_two(batch_size: int) -> None:
+    """z0 needs a microbatch of at least 2 (lesson 02): the one guard every z0 path calls."""
+    if batch_size < 2:
+        raise ValueError(
+            f"a batch of {batch_size} cannot estimate z0: with one example the only other "
+            "completion is the example's own, so the 'mismatched' pair is the matched one "
+            "(there is no mismatched pair). Use a microbatch of at least 2 (TRL raises "
+            "'Actual (not effective) batch size must be > 1')."
+        )
 
 
 def _scalar(name: str, x) -> float:
@@ -132,7 +147,7 @@ def log_sigmoid(x):
     return _scalar_or_array(-np.logaddexp(0.0, -x))
 
 
-def sequence_logprob(token_logps, completion_mask):
+def sequence_logps(token_logps, completion_mask):
     """log pi(y|x) = SUM of per-token log-probs over the completion tokens (lesson 01).
 
     ``token_logps`` and ``completion_mask`` have the same shape ``(..., T)``; the mask is True
@@ -145,7 +160,7 @@ def sequence_logprob(token_logps, completion_mask):
         if not np.isin(mask, (0, 1)).all():
             raise ValueError("completion_mask must be True/False (or 1/0) per token.")
         mask = mask.astype(bool)
-    _same_shape(token_logps=logps, completion_mask=mask)
+    same_shape(token_logps=logps, completion_mask=mask)
     if logps.ndim == 0:
         raise ValueError("token_logps needs a token axis: shape (T,) or (B, T).")
     if (logps[mask] > 0).any():
@@ -157,11 +172,11 @@ def log_ratio(logp_theta, logp_ref):
     """Implied reward r = log pi_theta(y|x) - log pi_ref(y|x) (paper Eq. 5; lesson 01)."""
     logp_theta = _float_array("logp_theta", logp_theta)
     logp_ref = _float_array("logp_ref", logp_ref)
-    _same_shape(logp_theta=logp_theta, logp_ref=logp_ref)
+    same_shape(logp_theta=logp_theta, logp_ref=logp_ref)
     return _scalar_or_array(logp_theta - logp_ref)
 
 
-def dpo_loss(r_w, r_l, beta):
+def dpo_loss(r_w, r_l, beta=0.1):
     """DPO per pair: -log sigmoid(beta * (r_w - r_l)) (DPO paper Eq. 7; lesson 01).
 
     ``r_w`` and ``r_l`` are the log-ratios of the preferred and rejected completion of the
@@ -169,19 +184,19 @@ def dpo_loss(r_w, r_l, beta):
     """
     r_w = _float_array("r_w", r_w)
     r_l = _float_array("r_l", r_l)
-    _same_shape(r_w=r_w, r_l=r_l)
+    same_shape(r_w=r_w, r_l=r_l)
     beta = require_positive("beta", beta)
     return _scalar_or_array(-np.asarray(log_sigmoid(beta * (r_w - r_l))))
 
 
-def dpo_loss_grad(r_w, r_l, beta):
+def dpo_loss_grad(r_w, r_l, beta=0.1):
     """d dpo_loss / d r_w = -beta * sigmoid(-beta * (r_w - r_l)); d / d r_l is its negative.
 
     Lesson 01: DPO's push never saturates on the wrong side (it tends to -beta), unlike KTO's.
     """
     r_w = _float_array("r_w", r_w)
     r_l = _float_array("r_l", r_l)
-    _same_shape(r_w=r_w, r_l=r_l)
+    same_shape(r_w=r_w, r_l=r_l)
     beta = require_positive("beta", beta)
     return _scalar_or_array(-beta * np.asarray(sigmoid(-beta * (r_w - r_l))))
 
@@ -199,13 +214,7 @@ def mismatched_indices(batch_size: int, convention: str = "trl") -> np.ndarray:
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
         raise ValueError(f"batch_size must be a whole number, got {batch_size!r}.")
-    if batch_size < 2:
-        raise ValueError(
-            f"batch size {batch_size} cannot estimate z0: with one example the only other "
-            "completion is the example's own, so the 'mismatched' pair is the matched one. "
-            "Use a microbatch of at least 2 (TRL raises 'Actual (not effective) batch size "
-            "must be > 1')."
-        )
+    require_batch_of_two(batch_size)
     shifts = {"trl": 1, "halos": -1}
     if convention not in shifts:
         raise ValueError(f"convention must be 'trl' or 'halos', got {convention!r}.")
@@ -223,11 +232,7 @@ def z0_estimate(mismatched_r, clamp: bool = True):
     r_mis = _float_array("mismatched_r", mismatched_r)
     if r_mis.ndim == 0:
         raise ValueError("mismatched_r must be one value per example, shape (B,), not a number.")
-    if r_mis.shape[-1] < 2:
-        raise ValueError(
-            "z0 needs at least 2 mismatched pairs: with a batch of 1 the only other completion "
-            "is the example's own, so there is no mismatched pair. Use a batch of 2 or more."
-        )
+    require_batch_of_two(r_mis.shape[-1])
     z0 = r_mis.mean(axis=-1)
     return _scalar_or_array(np.maximum(z0, 0.0) if clamp else z0)
 

@@ -1,8 +1,9 @@
 """The KTO objects of ``core`` in PyTorch, for real models (lessons 01-04 and 06).
 
-Same notation as ``core``; the two agree to float precision (a test checks it). The loss and
-its metrics follow TRL's ``KTOTrainer`` (``loss_type="kto"`` and ``"apo_zero_unpaired"``), with
-metric names as TRL logs them so that learners recognise them.
+Same names, argument order and defaults as ``core`` for the same object; the two agree to float
+precision (a test checks it). The loss and its metrics follow TRL's ``KTOTrainer``
+(``loss_type="kto"`` and ``"apo_zero_unpaired"``), with metric names as TRL logs them so that
+learners recognise them.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from kto_course import core
 __all__ = [
     "token_logps",
     "sequence_logps",
+    "sequence_logps_from_logits",
     "dpo_loss",
     "mismatched_indices",
     "z0_estimate",
-    "kto_loss",
+    "kto_losses",
+    "batch_kto_loss",
     "LOSS_TYPES",
 ]
 
@@ -53,20 +56,28 @@ def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     return logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
 
 
-def sequence_logps(
+def sequence_logps(token_logps: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """log pi(y|x): the SUM of token log-probs over completion tokens (``core.sequence_logps``).
+
+    Lesson 01. ``token_logps`` and the bool ``completion_mask`` have the same shape (B, T).
+    """
+    _check_batch("token_logps", token_logps, 2)
+    core.same_shape(token_logps=token_logps, completion_mask=completion_mask)
+    if completion_mask.dtype != torch.bool:
+        raise ValueError("completion_mask must be a bool tensor (True on completion tokens).")
+    return (token_logps * completion_mask).sum(-1)
+
+
+def sequence_logps_from_logits(
     logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor
 ) -> torch.Tensor:
-    """log pi(y|x): the SUM of token log-probs over completion tokens, shape (B,) (lesson 01).
+    """``sequence_logps`` of a causal LM's logits for ``input_ids``, shape (B,) (lesson 06).
 
     ``completion_mask`` (B, T) is True on the completion tokens of ``input_ids`` and False on
     prompt and padding tokens. It is shifted with the ids, so position 0 is never counted.
     """
     _check_batch("completion_mask", completion_mask, 2)
-    if completion_mask.shape != input_ids.shape:
-        raise ValueError(
-            f"shape mismatch: completion_mask {tuple(completion_mask.shape)} and input_ids "
-            f"{tuple(input_ids.shape)}: one mask entry per token."
-        )
+    core.same_shape(completion_mask=completion_mask, input_ids=input_ids)
     if completion_mask.dtype != torch.bool:
         raise ValueError("completion_mask must be a bool tensor (True on completion tokens).")
     if completion_mask[:, 0].any():
@@ -74,53 +85,53 @@ def sequence_logps(
             "completion_mask is True on the first token, which no logit predicts: a completion "
             "must follow at least one prompt token."
         )
-    per_token = token_logps(logits, input_ids)
-    return (per_token * completion_mask[:, 1:]).sum(-1)
+    return sequence_logps(token_logps(logits, input_ids), completion_mask[:, 1:])
 
 
 def dpo_loss(r_w: torch.Tensor, r_l: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
     """DPO per pair: -log sigmoid(beta * (r_w - r_l)), shape (B,) (``core.dpo_loss``; lesson 01)."""
     if not isinstance(r_w, torch.Tensor) or not isinstance(r_l, torch.Tensor):
         raise ValueError("r_w and r_l must be torch tensors.")
-    if r_w.shape != r_l.shape:
-        raise ValueError(
-            f"shape mismatch: r_w {tuple(r_w.shape)} and r_l {tuple(r_l.shape)}: one preferred "
-            "and one rejected log-ratio per pair."
-        )
+    core.same_shape(r_w=r_w, r_l=r_l)
     beta = core.require_positive("beta", beta)
     return -F.logsigmoid(beta * (r_w - r_l))
 
 
-def mismatched_indices(batch_size: int, device=None, convention: str = "trl") -> torch.Tensor:
+def mismatched_indices(batch_size: int, convention: str = "trl", device=None) -> torch.Tensor:
     """The cyclic shift of ``core.mismatched_indices`` as a LongTensor (lesson 02)."""
     return torch.as_tensor(core.mismatched_indices(batch_size, convention), device=device)
 
 
-def z0_estimate(kl_logp_theta: torch.Tensor, kl_logp_ref: torch.Tensor) -> torch.Tensor:
-    """z0 = max(0, mean(r of mismatched pairs)), DETACHED (paper Eq. 6; lesson 02).
+def z0_estimate(mismatched_r: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    """z0 = max(0, mean_j r(x_j, y'_j)), DETACHED (``core.z0_estimate``; lesson 02).
 
-    z0 sets where the loss saturates; it is never optimised through.
+    ``mismatched_r`` are the log-ratios of a microbatch's mismatched pairs, shape (B,). z0 sets
+    where the loss saturates; it is never optimised through.
     """
-    _check_batch("kl_logp_theta", kl_logp_theta, 1)
-    if kl_logp_theta.shape != kl_logp_ref.shape:
-        raise ValueError(
-            f"shape mismatch: kl_logp_theta {tuple(kl_logp_theta.shape)} and kl_logp_ref "
-            f"{tuple(kl_logp_ref.shape)}."
-        )
-    if kl_logp_theta.shape[0] < 2:
-        raise ValueError(
-            "z0 needs a microbatch of at least 2: with one example the only other completion "
-            "is its own, so there is no mismatched pair."
-        )
-    return (kl_logp_theta - kl_logp_ref).mean().detach().clamp(min=0)
+    _check_batch("mismatched_r", mismatched_r, 1)
+    core.require_batch_of_two(mismatched_r.shape[0])
+    z0 = mismatched_r.detach().mean()
+    return z0.clamp(min=0) if clamp else z0
 
 
-def kto_loss(
+def kto_losses(r, z0, desirable, beta=0.1, lambda_D=1.0, lambda_U=1.0) -> torch.Tensor:
+    """Per-example KTO loss lambda_y - v_y (``core.kto_losses``; lesson 03), shape (B,)."""
+    beta = core.require_positive("beta", beta)
+    lambda_D = core.require_positive("lambda_D", lambda_D, allow_zero=True)
+    lambda_U = core.require_positive("lambda_U", lambda_U, allow_zero=True)
+    delta = r - z0
+    # 1 - sigmoid(x) written as sigmoid(-x) (exact, and keeps precision near 1).
+    return torch.where(
+        desirable, lambda_D * torch.sigmoid(-beta * delta), lambda_U * torch.sigmoid(beta * delta)
+    )
+
+
+def batch_kto_loss(
     logp_theta: torch.Tensor,
     logp_ref: torch.Tensor,
+    kl_logp_theta: torch.Tensor | None,
+    kl_logp_ref: torch.Tensor | None,
     desirable: torch.Tensor,
-    kl_logp_theta: torch.Tensor | None = None,
-    kl_logp_ref: torch.Tensor | None = None,
     beta: float = 0.1,
     lambda_D: float = 1.0,
     lambda_U: float = 1.0,
@@ -128,44 +139,35 @@ def kto_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Batch KTO loss (mean of lambda_y - v_y over all examples) and TRL-named metrics.
 
+    Lesson 03's ``batch_kto_loss`` in PyTorch, the loss lesson 06 trains with.
     ``logp_theta``/``logp_ref`` are sequence log-probs of the labelled pairs (B,);
     ``kl_logp_theta``/``kl_logp_ref`` those of the mismatched pairs, computed under no_grad.
-    ``loss_type="apo_zero_unpaired"`` uses z0 = 0 and needs no mismatched pairs.
+    ``loss_type="apo_zero_unpaired"`` uses z0 = 0 and needs no mismatched pairs (pass None).
     Metrics that a batch cannot compute (``rewards/chosen`` without a desirable example, ...)
-    are omitted rather than NaN. Lessons 03 and 06.
+    are omitted rather than NaN.
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}.")
     _check_batch("logp_theta", logp_theta, 1)
     for name, t in (("logp_ref", logp_ref), ("desirable", desirable)):
-        if not isinstance(t, torch.Tensor) or t.shape != logp_theta.shape:
-            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(
-                f"shape mismatch: {name} {shape} but logp_theta {tuple(logp_theta.shape)}: "
-                "one value per example."
-            )
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
+    core.same_shape(logp_theta=logp_theta, logp_ref=logp_ref, desirable=desirable)
     if desirable.dtype != torch.bool:
         raise ValueError(
             f"desirable must be a bool tensor (True = thumbs-up), got {desirable.dtype}."
         )
-    beta = core.require_positive("beta", beta)
-    lambda_D = core.require_positive("lambda_D", lambda_D, allow_zero=True)
-    lambda_U = core.require_positive("lambda_U", lambda_U, allow_zero=True)
 
     if loss_type == "kto":
         if kl_logp_theta is None or kl_logp_ref is None:
             raise ValueError("loss_type='kto' needs kl_logp_theta and kl_logp_ref for z0.")
-        z0 = z0_estimate(kl_logp_theta, kl_logp_ref)
+        core.same_shape(kl_logp_theta=kl_logp_theta, kl_logp_ref=kl_logp_ref)
+        z0 = z0_estimate(kl_logp_theta - kl_logp_ref)
     else:
         z0 = torch.zeros((), dtype=logp_theta.dtype, device=logp_theta.device)
 
     r = logp_theta - logp_ref
-    delta = r - z0
-    # 1 - sigmoid(x) written as sigmoid(-x) (exact, and keeps precision near 1).
-    losses = torch.where(
-        desirable, lambda_D * torch.sigmoid(-beta * delta), lambda_U * torch.sigmoid(beta * delta)
-    )
-    loss = losses.mean()
+    loss = kto_losses(r, z0, desirable, beta, lambda_D, lambda_U).mean()
 
     metrics: dict[str, float] = {"kl": float(z0)}
     rewards = beta * r.detach()

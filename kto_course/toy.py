@@ -8,13 +8,13 @@ stands in for human judgement: preference pairs are drawn from it by Bradley-Ter
 measure what a trained policy is really worth (its expected utility) and how far it moved from
 the reference (its KL).
 
-The two trainers call the course's reference losses: ``torch_ops.kto_loss`` for KTO and
+The two trainers call the course's reference losses: ``torch_ops.batch_kto_loss`` for KTO and
 ``torch_ops.dpo_loss`` (the torch twin of ``core.dpo_loss``) for DPO. Everything is seeded: a
 run is deterministic.
 
-Run one comparison from a shell::
+Run one of the lesson's experiments from a shell::
 
-    .venv/bin/python -c "from kto_course import toy; print(toy.compare())"
+    .venv/bin/python -c "from kto_course import toy; print(toy.ordering_experiment(seeds=(0,)))"
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ __all__ = [
     "evaluate",
     "train_dpo",
     "train_kto",
-    "compare",
 ]
 
 # Defaults of the toy, chosen so one training run takes about a second on a 2-core CPU.
@@ -191,7 +190,7 @@ def dpo_batch_loss(theta, theta_ref, prompt, chosen, rejected, beta: float = BET
 def kto_batch_loss(
     theta, theta_ref, prompt, completion, desirable, beta=BETA, lambda_D=1.0, lambda_U=1.0
 ):
-    """KTO on a microbatch of rows: ``torch_ops.kto_loss`` with z0 from mismatched pairs.
+    """KTO on a microbatch of rows: ``torch_ops.batch_kto_loss`` with z0 from mismatched pairs.
 
     Prompt x_i is paired with completion y_{i-1} (TRL's shift, lesson 02); those log-probs are
     computed without gradient, so z0 only sets where the loss saturates. Returns (loss, metrics).
@@ -201,12 +200,12 @@ def kto_batch_loss(
         shifted = completion[torch_ops.mismatched_indices(len(prompt))]
         kl_logp_theta = logp_theta[prompt, shifted]
         kl_logp_ref = logp_ref[prompt, shifted]
-    return torch_ops.kto_loss(
+    return torch_ops.batch_kto_loss(
         logp_theta[prompt, completion],
         logp_ref[prompt, completion],
-        desirable,
         kl_logp_theta,
         kl_logp_ref,
+        desirable,
         beta=beta,
         lambda_D=lambda_D,
         lambda_U=lambda_U,
@@ -315,22 +314,6 @@ def train_kto(
         return loss, metrics["kl"]
 
     return _train(problem, len(rows), batch_size, epochs, lr, batch_loss)
-
-
-def compare(seed: int = 0, n_pairs: int = N_PAIRS, epochs: int = EPOCHS) -> dict:
-    """DPO on the pairs and KTO on the same pairs unpaired and shuffled: final utility and KL."""
-    problem = make_problem(seed=seed)
-    pairs = sample_pairs(problem, n_pairs, seed=seed)
-    rows = pairs_to_unpaired(pairs, np.random.default_rng(seed))
-    dpo = train_dpo(problem, pairs, epochs=epochs)
-    kto = train_kto(problem, rows, epochs=epochs)
-    keys = ("utility", "kl")
-    return {
-        "reference": evaluate(problem, problem.theta_ref)["utility"],
-        "best": dpo["utility_best"],
-        "dpo": {k: dpo[k] for k in keys},
-        "kto": {k: kto[k] for k in keys},
-    }
 
 
 # ---------------------------------------------------------------------------------------------

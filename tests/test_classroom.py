@@ -140,7 +140,7 @@ def test_export_csv_has_the_scores(classroom):
 @pytest.mark.skipif(not grading.lessons(SOLUTIONS), reason="no lessons in solutions/ yet")
 def test_course_from_the_real_lessons_has_every_lesson(tmp_path):
     course = tmp_path / "course"
-    assert cli.main(["course", str(course)]) == 0
+    assert cli.main(["course", str(course), "--root", str(ROOT)]) == 0
     for name in grading.lessons(SOLUTIONS):
         assert (course / "source" / name / f"{name}.ipynb").read_bytes() == (
             SOLUTIONS / f"{name}.ipynb"

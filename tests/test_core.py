@@ -64,11 +64,11 @@ def test_seed_witness_losses_and_gradient_signs():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_sequence_logprob_sums_completion_tokens_only():
+def test_sequence_logps_sums_completion_tokens_only():
     token_logps = np.array([[-1.0, -2.0, -0.5, -0.25, -9.0], [-3.0, -0.1, -0.2, -7.0, -7.0]])
     mask = np.array([[0, 0, 1, 1, 0], [0, 1, 1, 0, 0]], dtype=bool)
-    np.testing.assert_allclose(core.sequence_logprob(token_logps, mask), [-0.75, -0.3])
-    assert core.sequence_logprob([-0.5, -0.5], [1, 1]) == pytest.approx(-1.0)
+    np.testing.assert_allclose(core.sequence_logps(token_logps, mask), [-0.75, -0.3])
+    assert core.sequence_logps([-0.5, -0.5], [1, 1]) == pytest.approx(-1.0)
 
 
 def test_dpo_loss_matches_definition_and_prefers_larger_margin():
@@ -170,9 +170,9 @@ def test_imbalance_rule_like_trl_warning():
         (lambda: core.z0_estimate([0.3]), "batch of 1"),
         (lambda: core.z0_estimate([]), "empty"),
         (lambda: core.z0_estimate(0.3), "shape (B,)"),
-        (lambda: core.sequence_logprob([[-1.0, -2.0]], [[1, 0, 1]]), "shape mismatch"),
-        (lambda: core.sequence_logprob([-1.0, -2.0], [1, 2]), "True/False"),
-        (lambda: core.sequence_logprob([-1.0, 0.5], [1, 1]), "<= 0"),
+        (lambda: core.sequence_logps([[-1.0, -2.0]], [[1, 0, 1]]), "shape mismatch"),
+        (lambda: core.sequence_logps([-1.0, -2.0], [1, 2]), "True/False"),
+        (lambda: core.sequence_logps([-1.0, 0.5], [1, 1]), "<= 0"),
         (lambda: core.dpo_loss([0.1], [0.2, 0.3], 0.1), "shape mismatch"),
         (lambda: core.log_ratio([np.nan], [0.0]), "NaN"),
         (lambda: core.recommended_weights(0, 10), "n_D"),

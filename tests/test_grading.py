@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import hashlib
 import html
 import io
 import json
@@ -561,10 +562,16 @@ def test_check_detects_a_stale_student_notebook(tree, capsys):
 
 
 def _edit_student(tree, grade_id: str, source: str):
+    """A leaky student version as if generate had written it (its manifest record updated): a
+    learner's edit is not compared, so only what generate wrote can leak a solution line."""
     path = tree / "notebooks" / f"{FIXTURE}.ipynb"
     nb = grading.read_notebook(path)
     _by_id(nb)[grade_id].source = source
     path.write_text(grading.notebook_text(nb), encoding="utf-8")
+    manifest = path.parent / grading.MANIFEST
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    data["sha256"][path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 
 @pytest.mark.parametrize(
@@ -646,8 +653,9 @@ def test_course_refuses_a_non_empty_directory(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
-def test_submit_feedback_goes_beside_notebooks_wherever_it_is_run(monkeypatch, tmp_path):
-    """Run from notebooks/ (a JupyterLab terminal) or anywhere: feedback never lands in it."""
+@pytest.fixture
+def submitted_dirs(monkeypatch) -> dict:
+    """The folders ``kto-course submit`` hands to grading.submit, which stops right there."""
     seen = {}
 
     def fake_submit(notebook, **kwargs):
@@ -655,7 +663,51 @@ def test_submit_feedback_goes_beside_notebooks_wherever_it_is_run(monkeypatch, t
         raise ValueError("stop here")
 
     monkeypatch.setattr(grading, "submit", fake_submit)
+    return seen
+
+
+def test_submit_feedback_goes_beside_notebooks_wherever_it_is_run(
+    submitted_dirs, monkeypatch, tmp_path
+):
+    """Run from notebooks/ (a JupyterLab terminal) or anywhere: feedback never lands in it."""
+    seen = submitted_dirs
     monkeypatch.chdir(tmp_path)
     assert cli.main(["submit", str(ROOT / "notebooks" / "01_log_ratio.ipynb")]) == 2
     assert seen["feedback_dir"] == ROOT / "feedback"
     assert not seen["feedback_dir"].is_relative_to(ROOT / "notebooks")
+
+
+def test_commands_outside_a_course_checkout_say_so_in_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    for args in (
+        ["generate", "--check"],
+        ["submit", str(tmp_path / "01_log_ratio.ipynb")],
+        ["course", str(tmp_path / "class")],
+        ["generate", "--root", str(tmp_path)],
+    ):
+        assert cli.main(args) == 2, args
+        out, err = capsys.readouterr()
+        assert "not" in err and "a course checkout" in err and "--root" in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err and out == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_check_run_from_the_course_root(tree, monkeypatch, capsys):
+    monkeypatch.chdir(tree)
+    assert cli.main(["generate", "--check"]) == 0, capsys.readouterr()
+
+
+def test_submit_from_the_checkout_or_notebooks_finds_solutions_and_feedback(
+    tree, submitted_dirs, monkeypatch
+):
+    seen = submitted_dirs
+    root = tree.resolve()
+    for cwd, notebook in (
+        (tree, f"notebooks/{FIXTURE}.ipynb"),
+        (tree / "notebooks", f"{FIXTURE}.ipynb"),
+    ):
+        monkeypatch.chdir(cwd)
+        seen.clear()
+        assert cli.main(["submit", notebook]) == 2
+        assert seen["solutions_dir"] == root / "solutions"
+        assert seen["feedback_dir"] == root / "feedback"

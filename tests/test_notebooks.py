@@ -1,7 +1,10 @@
 """The lesson notebooks: they run, they follow CONTRIBUTING.md's markup, they are in sync.
 
 - every solution notebook executes without error (a temp copy, KTO_COURSE_QUICK=1 from
-  conftest); every student version executes and fails ONLY with NotImplementedError;
+  conftest); every student version, Run All as a learner does it, reaches its last cell, its
+  only errors are in the check cells (tagged `raises-exception`), and those fail ONLY with
+  NotImplementedError;
+- a failed check shows the course's message alone, not the checker's traceback;
 - no notebook in git carries outputs or execution counts;
 - `kto-course generate --check` passes on the committed tree;
 - every solution has valid nbgrader metadata, 3-5 autograded exercises, a written answer, and
@@ -15,8 +18,9 @@ import shutil
 
 import nbformat
 import pytest
-from conftest import NOTEBOOKS, ROOT, SOLUTIONS
+from conftest import NOTEBOOKS, ROOT, SOLUTIONS, skip_if_learner_edited
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 from kto_course import checks, cli, grading
 
@@ -33,16 +37,24 @@ EXECUTED_IDS = [n for _, _, n in EXECUTED]
 CELL_TIMEOUT = 600
 
 
-def _execute(path, tmp_path):
-    """Run a copy of the notebook in a temp folder; the executed notebook."""
+def _execute(path, tmp_path, allow_errors=True):
+    """Run a copy of the notebook in a temp folder; the executed notebook.
+
+    ``allow_errors=False`` is Run All: execution stops at the first error, except in a cell
+    tagged ``raises-exception`` (nbclient, like JupyterLab, goes on past those).
+    """
     copy = tmp_path / path.name
     shutil.copyfile(path, copy)
     nb = nbformat.read(copy, as_version=4)
+    return _run(nb, tmp_path, allow_errors)
+
+
+def _run(nb, tmp_path, allow_errors=True):
     client = NotebookClient(
         nb,
         timeout=CELL_TIMEOUT,
         kernel_name="python3",
-        allow_errors=True,
+        allow_errors=allow_errors,
         extra_arguments=["--HistoryManager.hist_file=:memory:", "--IPKernelApp.log_level=ERROR"],
         resources={"metadata": {"path": str(tmp_path)}},
     )
@@ -82,8 +94,22 @@ def test_student_version_fails_only_with_not_implemented(solutions, notebooks, n
     path = notebooks / f"{name}.ipynb"
     if not path.exists():
         pytest.fail(f"{path} is missing: run `kto-course generate`")
-    nb = _execute(path, tmp_path)
+    skip_if_learner_edited(path)
+    # Run All, as a learner does: it must reach the end of the untouched notebook.
+    try:
+        nb = _execute(path, tmp_path, allow_errors=False)
+    except CellExecutionError as e:
+        pytest.fail(f"{name}: Run All stops at an error outside a tagged check cell: {e}")
+    code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+    assert code[-1].get("execution_count"), f"{name}: Run All did not reach the last cell"
     errors = _errors(nb)
+    untagged = [
+        f"cell {i}: {o.ename}"
+        for i, o in errors
+        if "raises-exception" not in nb.cells[i].metadata.get("tags", [])
+        or not nb.cells[i].metadata.get("nbgrader", {}).get("grade")
+    ]
+    assert not untagged, f"{name}: errors outside the tagged check cells: " + "; ".join(untagged)
     others = [f"cell {i}: {o.ename}: {o.evalue}" for i, o in errors if not _is_not_implemented(o)]
     assert not others, f"{name}: errors other than NotImplementedError: " + "; ".join(others)
     graded = {
@@ -97,6 +123,38 @@ def test_student_version_fails_only_with_not_implemented(solutions, notebooks, n
     )
 
 
+def test_a_failed_check_shows_its_message_alone(tmp_path):
+    """In Jupyter a CheckFailed is one line: no frame of kto_course/checks, no expected value."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "from kto_course import checks\n\ndef log_ratio(*args, **kwargs):\n    return 0.0"
+        ),
+        nbformat.v4.new_code_cell(
+            "checks.check_log_ratio(log_ratio)", metadata={"tags": ["raises-exception"]}
+        ),
+        nbformat.v4.new_code_cell("1 / 0", metadata={"tags": ["raises-exception"]}),
+        nbformat.v4.new_code_cell("print('reached the end')"),
+    ]
+    nb = _run(nb, tmp_path, allow_errors=False)
+    (error,) = [o for o in nb.cells[1].outputs if o.output_type == "error"]
+    assert error.ename == "CheckFailed" and "log_ratio" in error.evalue
+    text = "\n".join(error.traceback)
+    assert error.evalue in text and len(error.traceback) == 1, text
+    for frame in ("kto_course/checks", "kto_course", "expected =", ".py", "Traceback"):
+        assert frame not in text, f"{frame!r} in the failed check's output: {text}"
+    # Other exceptions keep IPython's ordinary traceback; Run All reached the end.
+    (other,) = [o for o in nb.cells[2].outputs if o.output_type == "error"]
+    assert other.ename == "ZeroDivisionError" and len(other.traceback) > 1
+    assert nb.cells[3].outputs[0].text == "reached the end\n"
+
+
+def test_brief_check_failures_is_a_no_op_outside_ipython():
+    from kto_course.checks.base import brief_check_failures
+
+    assert brief_check_failures() is False
+
+
 def _all_committed_notebooks():
     folders = (SOLUTIONS, NOTEBOOKS, FIXTURE_SOLUTIONS, FIXTURE_NOTEBOOKS)
     return sorted(p for folder in folders for p in folder.glob("*.ipynb"))
@@ -106,6 +164,7 @@ def _all_committed_notebooks():
     "path", _all_committed_notebooks(), ids=lambda p: f"{p.parent.name}/{p.name}"
 )
 def test_notebook_has_no_outputs_or_execution_counts(path):
+    skip_if_learner_edited(path)
     nb = nbformat.read(path, as_version=4)
     dirty = [
         i
@@ -120,7 +179,7 @@ def test_notebook_has_no_outputs_or_execution_counts(path):
 
 
 def test_generate_check_passes_on_the_committed_tree(capsys):
-    rc = cli.main(["generate", "--check"])
+    rc = cli.main(["generate", "--check", "--root", str(ROOT)])
     out = capsys.readouterr().out
     assert rc == 0, out
 

@@ -38,6 +38,17 @@ def test_environment_yml_has_every_runtime_dependency():
     ]
     assert not missing, f"environment.yml lacks runtime dependencies: {missing}"
     assert "python=3.11" in text and "conda-forge" in text
+    # Lesson 07 needs the trl extra; conda learners get it through pip.
+    assert "-e .[trl]" in text
+
+
+def test_trl_extra_admits_the_cpu_torch_and_trl_1_16():
+    from packaging.requirements import Requirement
+
+    trl_extra = _pyproject()["project"]["optional-dependencies"]["trl"]
+    extra = {_name(r): Requirement(r) for r in trl_extra}
+    assert {"trl", "accelerate", "datasets"} <= set(extra)
+    assert extra["trl"].specifier.contains("1.16.0")
 
 
 def test_torch_requirement_admits_the_cpu_wheel_2_13_0():
@@ -56,7 +67,8 @@ def test_readme_first_screen_shows_the_two_commands():
 
 def test_makefile_installs_torch_first_and_reinstalls_only_on_change():
     makefile = (ROOT / "Makefile").read_text()
-    assert makefile.index("torch==2.13.0") < makefile.index("-e '.[test]'")
+    # The test extras and the trl extra (lesson 07): CI always tests the TRL path.
+    assert makefile.index("torch==2.13.0") < makefile.index("-e '.[test,trl]'")
     # The install recipe hangs off a stamp that depends on pyproject.toml: a second run is a no-op.
     assert re.search(r"^\$\(STAMP\): pyproject\.toml", makefile, re.M)
     assert re.search(r"^test: \$\(STAMP\)", makefile, re.M)

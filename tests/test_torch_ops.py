@@ -33,14 +33,18 @@ def test_token_logps_apply_the_causal_shift():
 
 def test_sequence_logps_sum_completion_tokens_and_match_core():
     logits, ids, mask = _batch()
-    seq = torch_ops.sequence_logps(logits, ids, mask)
+    seq = torch_ops.sequence_logps_from_logits(logits, ids, mask)
     per_token = torch_ops.token_logps(logits, ids).numpy()
-    np.testing.assert_allclose(seq.numpy(), core.sequence_logprob(per_token, mask[:, 1:].numpy()))
+    np.testing.assert_allclose(seq.numpy(), core.sequence_logps(per_token, mask[:, 1:].numpy()))
+    # The tensor twin of core.sequence_logps: same name, same arguments.
+    torch.testing.assert_close(
+        torch_ops.sequence_logps(torch.from_numpy(per_token), mask[:, 1:]), seq
+    )
     # Changing a prompt or padding token's logits leaves the sum unchanged.
     logits2 = logits.clone()
     logits2[:, 0] += torch.randn_like(logits2[:, 0])
     logits2[:, -1] += 5.0
-    torch.testing.assert_close(torch_ops.sequence_logps(logits2, ids, mask), seq)
+    torch.testing.assert_close(torch_ops.sequence_logps_from_logits(logits2, ids, mask), seq)
 
 
 def test_dpo_loss_matches_core():
@@ -80,8 +84,8 @@ def _kto_inputs(seed, B, n_desirable):
 )
 def test_kto_loss_and_gradient_agree_with_core(seed, B, frac, beta, lam_D, lam_U):
     logp_theta, logp_ref, desirable, kl_theta, kl_ref = _kto_inputs(seed, B, round(frac * B))
-    loss, metrics = torch_ops.kto_loss(
-        logp_theta, logp_ref, desirable, kl_theta, kl_ref, beta, lam_D, lam_U
+    loss, metrics = torch_ops.batch_kto_loss(
+        logp_theta, logp_ref, kl_theta, kl_ref, desirable, beta, lam_D, lam_U
     )
     r = (logp_theta - logp_ref).detach().numpy()
     z0 = core.z0_estimate((kl_theta - kl_ref).numpy())
@@ -98,16 +102,16 @@ def test_kto_loss_and_gradient_agree_with_core(seed, B, frac, beta, lam_D, lam_U
 def test_z0_is_detached_even_when_kl_logps_carry_gradients():
     logp_theta, logp_ref, desirable, kl_theta, kl_ref = _kto_inputs(1, 6, 3)
     kl_theta = kl_theta.clone().requires_grad_()
-    loss, _ = torch_ops.kto_loss(logp_theta, logp_ref, desirable, kl_theta, kl_ref)
+    loss, _ = torch_ops.batch_kto_loss(logp_theta, logp_ref, kl_theta, kl_ref, desirable)
     loss.backward()
     assert kl_theta.grad is None
-    assert torch_ops.z0_estimate(kl_theta, kl_ref).requires_grad is False
+    assert torch_ops.z0_estimate(kl_theta - kl_ref).requires_grad is False
 
 
 def test_metrics_named_and_computed_as_trl_logs_them():
     logp_theta, logp_ref, desirable, kl_theta, kl_ref = _kto_inputs(2, 8, 3)
     beta = 0.1
-    _, m = torch_ops.kto_loss(logp_theta, logp_ref, desirable, kl_theta, kl_ref, beta=beta)
+    _, m = torch_ops.batch_kto_loss(logp_theta, logp_ref, kl_theta, kl_ref, desirable, beta=beta)
     r = (logp_theta - logp_ref).detach()
     assert set(m) == {
         "kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
@@ -123,7 +127,7 @@ def test_metrics_named_and_computed_as_trl_logs_them():
 @pytest.mark.parametrize("n_desirable", [0, 5])
 def test_single_label_batches_give_finite_loss_and_omit_missing_metrics(n_desirable):
     logp_theta, logp_ref, desirable, kl_theta, kl_ref = _kto_inputs(3, 5, n_desirable)
-    loss, m = torch_ops.kto_loss(logp_theta, logp_ref, desirable, kl_theta, kl_ref)
+    loss, m = torch_ops.batch_kto_loss(logp_theta, logp_ref, kl_theta, kl_ref, desirable)
     assert torch.isfinite(loss)
     assert all(np.isfinite(v) for v in m.values())
     assert "rewards/margins" not in m
@@ -134,7 +138,8 @@ def test_single_label_batches_give_finite_loss_and_omit_missing_metrics(n_desira
 
 def test_apo_zero_unpaired_matches_core_and_needs_no_kl_batch():
     logp_theta, logp_ref, desirable, _, _ = _kto_inputs(4, 6, 2)
-    loss, m = torch_ops.kto_loss(logp_theta, logp_ref, desirable, loss_type="apo_zero_unpaired")
+    loss, m = torch_ops.batch_kto_loss(logp_theta, logp_ref, None, None, desirable,
+                                   loss_type="apo_zero_unpaired")
     r = (logp_theta - logp_ref).detach().numpy()
     expected = core.apo_zero_unpaired_losses(r, desirable.numpy(), 0.1).mean()
     assert loss.item() == pytest.approx(expected, rel=1e-10)
@@ -143,8 +148,8 @@ def test_apo_zero_unpaired_matches_core_and_needs_no_kl_batch():
 
 def test_float32_agrees_with_core_to_float_precision():
     logp_theta, logp_ref, desirable, kl_theta, kl_ref = _kto_inputs(5, 16, 7)
-    loss32, _ = torch_ops.kto_loss(
-        logp_theta.detach().float(), logp_ref.float(), desirable, kl_theta.float(), kl_ref.float()
+    loss32, _ = torch_ops.batch_kto_loss(
+        logp_theta.detach().float(), logp_ref.float(), kl_theta.float(), kl_ref.float(), desirable
     )
     r = (logp_theta - logp_ref).detach().numpy()
     z0 = core.z0_estimate((kl_theta - kl_ref).numpy())
@@ -181,17 +186,20 @@ def test_kto_loss_bad_input(kwargs, words):
     )
     args.update(kwargs)
     with pytest.raises(ValueError) as info:
-        torch_ops.kto_loss(**args)
+        torch_ops.batch_kto_loss(**args)
     assert words in str(info.value)
+
+
+from_logits = torch_ops.sequence_logps_from_logits
 
 
 @pytest.mark.parametrize(
     ("make", "words"),
     [
-        (lambda lg, i, m: torch_ops.sequence_logps(lg, i[:, :-1], m), "shape mismatch"),
-        (lambda lg, i, m: torch_ops.sequence_logps(lg, i, m.long()), "bool tensor"),
-        (lambda lg, i, m: torch_ops.sequence_logps(lg[:, :1], i[:, :1], m[:, :1]), "at least 2"),
-        (lambda lg, i, m: torch_ops.sequence_logps(lg, i, torch.ones_like(m)), "first token"),
+        (lambda lg, i, m: from_logits(lg, i[:, :-1], m), "shape mismatch"),
+        (lambda lg, i, m: from_logits(lg, i, m.long()), "bool tensor"),
+        (lambda lg, i, m: from_logits(lg[:, :1], i[:, :1], m[:, :1]), "at least 2"),
+        (lambda lg, i, m: from_logits(lg, i, torch.ones_like(m)), "first token"),
         (lambda lg, i, m: torch_ops.token_logps(lg[0], i), "dimensions"),
         (lambda lg, i, m: torch_ops.mismatched_indices(1), "only other completion"),
     ],
@@ -206,8 +214,11 @@ def test_logp_bad_input(make, words):
 @pytest.mark.cuda
 def test_kto_loss_on_cuda_matches_cpu():
     inputs = _kto_inputs(6, 8, 4)
-    cpu_loss, cpu_m = torch_ops.kto_loss(*[t.detach() for t in inputs])
-    gpu_loss, gpu_m = torch_ops.kto_loss(*[t.detach().cuda() for t in inputs])
+    logp_theta, logp_ref, desirable, kl_theta, kl_ref = (t.detach() for t in inputs)
+    cpu_loss, cpu_m = torch_ops.batch_kto_loss(logp_theta, logp_ref, kl_theta, kl_ref, desirable)
+    gpu_loss, gpu_m = torch_ops.batch_kto_loss(
+        *(t.cuda() for t in (logp_theta, logp_ref, kl_theta, kl_ref, desirable))
+    )
     assert gpu_loss.device.type == "cuda"
     assert gpu_loss.item() == pytest.approx(cpu_loss.item(), rel=1e-10)
     assert gpu_m == pytest.approx(cpu_m)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import random
 
@@ -13,7 +14,7 @@ import torch
 from kto_course import cli, core, demos, figures
 from kto_course.lm import load_model, load_reference, task
 from kto_course.lm.sampling import encode
-from kto_course.train import KTOConfig, KTOTrainer, batch_logps, from_reference
+from kto_course.train import GPU_PRESET, KTOConfig, KTOTrainer, from_reference, sequence_logps_of
 
 
 def _trainer(**overrides) -> KTOTrainer:
@@ -67,10 +68,11 @@ def test_step_metrics_equal_the_core_math():
     shifted = [completions[i - 1] for i in range(6)]  # TRL: x_i with y_{i-1}
     with torch.no_grad():
         policy = trainer.policy
-        lp = batch_logps(policy, encode(trainer.tokenizer, prompts, completions)).numpy()
-        lr_ = batch_logps(trainer.reference, encode(trainer.tokenizer, prompts, completions))
-        kp = batch_logps(policy, encode(trainer.tokenizer, prompts, shifted)).numpy()
-        kr = batch_logps(trainer.reference, encode(trainer.tokenizer, prompts, shifted)).numpy()
+        tok = trainer.tokenizer
+        lp = sequence_logps_of(policy, encode(tok, prompts, completions)).numpy()
+        lr_ = sequence_logps_of(trainer.reference, encode(tok, prompts, completions))
+        kp = sequence_logps_of(policy, encode(tok, prompts, shifted)).numpy()
+        kr = sequence_logps_of(trainer.reference, encode(tok, prompts, shifted)).numpy()
     lr_ = lr_.numpy()
     trainer.next_batch = lambda: (prompts, completions, labels)
     record = trainer.step()
@@ -148,6 +150,17 @@ def test_cli_bad_input_is_an_error_not_a_crash(capsys):
     assert "unknown device" in capsys.readouterr().err
 
 
+def test_cli_train_has_one_option_per_config_field(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = capsys.readouterr().out
+    for f in dataclasses.fields(KTOConfig):
+        assert "--" + f.name.replace("_", "-") in out, f"kto-course train lacks {f.name}"
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--lr", "0"])
+    assert "expected a number > 0" in capsys.readouterr().err
+
+
 def test_cli_train_prints_a_json_summary_and_saves(tmp_path, capsys):
     out = tmp_path / "policy"
     code = cli.main(["train", "--device", "cpu", "--steps", "3", "--batch-size", "4",
@@ -189,13 +202,90 @@ def test_training_on_cuda():
 
 @pytest.mark.cuda
 def test_large_model_pretrains_and_trains_on_cuda():
-    from kto_course.lm.pretrain import pretrain
-
-    reference, tokenizer = pretrain(size="large", device="cuda", steps=20, lr=1e-3,
-                                    progress=False)  # fmt: skip
-
-
+    reference, tokenizer = GPU_PRESET.reference(steps=20)
     trainer = KTOTrainer(copy.deepcopy(reference), reference, tokenizer,
-                         KTOConfig(device="cuda", batch_size=64, lr=3e-4, steps=3,
-                                   eval_samples=64))  # fmt: skip
+                         GPU_PRESET.config(steps=3, eval_samples=64))  # fmt: skip
     assert trainer.train(progress=False)["steps"] == 3
+
+
+def _offline_rows(n=48, seed=3):
+    rng = random.Random(seed)
+    prompts = task.random_prompts(n, rng)
+    adjectives = task.POSITIVE + task.NEGATIVE
+    completions = [task.make_completion(rng.choice(adjectives), rng.choice(adjectives))
+                   for _ in range(n)]  # fmt: skip
+    labels = task.judge(prompts, completions)
+    return [{"prompt": p, "completion": c, "label": y}
+            for p, c, y in zip(prompts, completions, labels, strict=True)]  # fmt: skip
+
+
+def _device_tensors(trainer):
+    both, desirable, ref, kl_ref = trainer._tensors()
+    found = {f"batch.{k}": v for k, v in both.items()}
+    found.update(desirable=desirable)
+    if ref is not None:
+        found.update(ref_logps=ref, kl_ref_logps=kl_ref)
+    found.update({k: v for k, v in vars(trainer).items() if isinstance(v, torch.Tensor)})
+    return found
+
+
+@pytest.mark.parametrize("mode", ["offline", "online"])
+def test_every_tensor_the_trainer_builds_is_on_its_device(mode):
+    config = KTOConfig(mode=mode, batch_size=8, offline_size=48, device="cpu", threads=1,
+                       eval_samples=16)  # fmt: skip
+    reference, tokenizer = load_reference()
+    trainer = KTOTrainer(load_reference()[0], reference, tokenizer, config,
+                         dataset=_offline_rows() if mode == "offline" else None)  # fmt: skip
+    tensors = _device_tensors(trainer)
+    if mode == "offline":  # the precomputed ones are there
+        assert {"_ref_logps", "_kl_ref", "_prompts", "_completions", "_labels"} <= set(tensors)
+    for name, t in tensors.items():
+        assert t.device == torch.device(config.device), name
+    trainer.step()
+
+
+def test_offline_reference_logps_are_precomputed_exactly():
+    """The precomputed reference log-probs (matched rows, and the mismatched pairs of the
+    epoch) equal scoring each microbatch afresh, as the step did before."""
+    rows = _offline_rows()
+    config = KTOConfig(mode="offline", batch_size=8, offline_size=48, device="cpu", threads=1)
+    reference, tokenizer = load_reference()
+    trainer = KTOTrainer(load_reference()[0], reference, tokenizer, config, dataset=rows)
+    for _ in range(7):  # crosses an epoch (48 rows = 6 microbatches)
+        order = list(trainer._order[:8]) if len(trainer._order) >= 8 else None
+        both, _, ref, kl_ref = trainer._tensors()
+        if order is None:
+            continue
+        chunk = [rows[i] for i in order]
+        prompts = [r["prompt"] for r in chunk]
+        completions = [r["completion"] for r in chunk]
+        shifted = [completions[i - 1] for i in range(8)]
+        with torch.no_grad():
+            want = sequence_logps_of(reference, encode(tokenizer, prompts, completions))
+            want_kl = sequence_logps_of(reference, encode(tokenizer, prompts, shifted))
+        assert torch.allclose(ref, want, atol=1e-5)
+        assert torch.allclose(kl_ref, want_kl, atol=1e-5)
+
+
+def test_fused_and_plain_adamw_give_the_same_losses():
+    rows = _offline_rows()
+    reference, tokenizer = load_reference()
+    losses = {}
+    for optimizer in ("adamw_fused", "adamw"):
+        config = KTOConfig(mode="offline", batch_size=8, offline_size=48, device="cpu",
+                           threads=1, optimizer=optimizer)  # fmt: skip
+        trainer = KTOTrainer(load_reference()[0], reference, tokenizer, config, dataset=rows)
+        losses[optimizer] = [trainer.step()["loss"] for _ in range(8)]
+    assert losses["adamw_fused"] == pytest.approx(losses["adamw"], abs=1e-5)
+
+
+@pytest.mark.cuda
+def test_offline_training_on_cuda_keeps_every_tensor_on_the_gpu():
+    config = KTOConfig(mode="offline", device="cuda", batch_size=8, offline_size=48,
+                       steps=4, eval_every=4, eval_samples=32)  # fmt: skip
+    reference, tokenizer = load_reference()
+    trainer = KTOTrainer(load_reference()[0], reference, tokenizer, config,
+                         dataset=_offline_rows())  # fmt: skip
+    for name, t in _device_tensors(trainer).items():
+        assert t.is_cuda, name
+    assert trainer.train(progress=False)["steps"] == 4

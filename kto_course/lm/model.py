@@ -30,10 +30,9 @@ __all__ = [
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 CARD_FILE = "reference_card.json"  # how the shipped reference was made and what it scores
 
-# Model sizes: (n_embd, n_layer, n_head). "tiny" ships; "large" is the GPU lesson's model.
+# Model sizes: (n_embd, n_layer, n_head). "tiny" ships; "large" is train.GPU_PRESET's model.
 SIZES = {
     "tiny": (64, 4, 4),  # ~0.2M parameters, ~1 MB: the CPU path
-    "small": (128, 5, 4),  # ~1M
     "large": (256, 6, 8),  # ~5M: worth it only on a GPU
 }
 N_POSITIONS = 32  # a prompt is 7 tokens, a completion 7 (with <eos>): room to spare

@@ -7,11 +7,14 @@ prompt ends where sampling starts (it derives positions from the attention mask 
 
 from __future__ import annotations
 
+import random
+
 import torch
 
-from kto_course.lm import task
+from kto_course.lm import fast, task
 
-__all__ = ["encode", "sample", "evaluate", "adjective_probs", "MAX_NEW_TOKENS"]
+__all__ = ["encode", "encode_ids", "pairs", "padded", "sample", "sample_seeded", "evaluate",
+           "adjective_probs", "MAX_NEW_TOKENS"]  # fmt: skip
 
 # A completion is 6 tokens plus <eos>; anything still going after 12 cannot be well formed.
 MAX_NEW_TOKENS = 12
@@ -35,22 +38,47 @@ def encode(tokenizer, prompts, completions, device="cpu") -> dict[str, torch.Ten
         raise ValueError("encode got an empty batch: pass at least one prompt and completion.")
     prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
-    completion_ids = [ids[:MAX_COMPLETION_TOKENS] for ids in completion_ids]
-    eos = [tokenizer.eos_token_id]
-    rows = [p + c + eos for p, c in zip(prompt_ids, completion_ids, strict=True)]
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    completion_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (row, p) in enumerate(zip(rows, prompt_ids, strict=True)):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        attention_mask[i, : len(row)] = 1
-        completion_mask[i, len(p) : len(row)] = True
+    return encode_ids(prompt_ids, completion_ids, tokenizer.eos_token_id,
+                      tokenizer.pad_token_id, device)  # fmt: skip
+
+
+def padded(rows: list[list[int]], pad_id: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists as one (N, W) LongTensor padded on the right with ``pad_id``, and lengths."""
+    width = max(1, max(map(len, rows)))
+    ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows], dtype=torch.long)
+    return ids.to(device), torch.tensor([len(row) for row in rows], dtype=torch.long).to(device)
+
+
+def pairs(prompts: torch.Tensor, prompt_len: torch.Tensor, completions: torch.Tensor,
+          completion_len: torch.Tensor, pad_id: int) -> dict[str, torch.Tensor]:  # fmt: skip
+    """``encode``'s batch from padded token tensors, in a few tensor ops (no per-row work).
+
+    Row i is ``prompts[i, :prompt_len[i]]`` followed by ``completions[i, :completion_len[i]]``
+    (the completion's tokens INCLUDING its <eos>), then <pad>. Index the inputs first to pair
+    prompt i with another row's completion (z0's mismatched pairs).
+    """
+    total = prompt_len + completion_len
+    width = int(total.max())
+    t = torch.arange(width, device=prompts.device).unsqueeze(0)
+    in_prompt = t < prompt_len.unsqueeze(1)
+    p = prompts.gather(1, t.clamp(max=prompts.shape[1] - 1).expand(len(prompts), -1))
+    c_pos = (t - prompt_len.unsqueeze(1)).clamp(min=0, max=completions.shape[1] - 1)
+    c = completions.gather(1, c_pos)
+    attention = t < total.unsqueeze(1)
+    input_ids = torch.where(in_prompt, p, c).masked_fill(~attention, pad_id)
     return {
-        "input_ids": input_ids.to(device),
-        "attention_mask": attention_mask.to(device),
-        "completion_mask": completion_mask.to(device),
+        "input_ids": input_ids,
+        "attention_mask": attention.long(),
+        "completion_mask": attention & ~in_prompt,
     }
+
+
+def encode_ids(prompt_ids, completion_ids, eos_id: int, pad_id: int, device="cpu"):
+    """``encode`` from token lists: completions capped at ``MAX_COMPLETION_TOKENS``, + <eos>."""
+    completion_ids = [ids[:MAX_COMPLETION_TOKENS] + [eos_id] for ids in completion_ids]
+    prompts, prompt_len = padded(list(prompt_ids), pad_id, device)
+    completions, completion_len = padded(completion_ids, pad_id, device)
+    return pairs(prompts, prompt_len, completions, completion_len, pad_id)
 
 
 @torch.no_grad()
@@ -67,26 +95,36 @@ def sample(model, tokenizer, prompts, temperature: float = 1.0) -> list[str]:
                           add_special_tokens=False).to(device)  # fmt: skip
     finally:
         tokenizer.padding_side = "right"
+    # fast.sample_ids: generate(do_sample=True, top_k=0, top_p=1.0) with a key/value cache
+    # and none of generate's per-token machinery; the same draws from the same seed.
     was_training = model.training
     model.eval()
-    out = model.generate(
-        **batch,
-        do_sample=True,
-        temperature=temperature,
-        # generate's silent defaults are top_k=50 and max_length=20: set both explicitly.
-        top_k=0,
-        top_p=1.0,
-        max_new_tokens=MAX_NEW_TOKENS,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    new_tokens = fast.sample_ids(
+        model, batch["input_ids"], batch["attention_mask"], MAX_NEW_TOKENS, temperature,
+        tokenizer.eos_token_id, tokenizer.pad_token_id,
+    ).tolist()  # fmt: skip
     model.train(was_training)
-    new_tokens = out[:, batch["input_ids"].shape[1] :].tolist()
     completions = []
     for ids in new_tokens:
         if tokenizer.eos_token_id in ids:
             ids = ids[: ids.index(tokenizer.eos_token_id)]
-        completions.append(tokenizer.decode(ids, skip_special_tokens=True))
+        completions.append(ids)
+    return tokenizer.batch_decode(completions, skip_special_tokens=True)
+
+
+def sample_seeded(model, tokenizer, prompts, seed: int, batch_size: int = 512) -> list[str]:
+    """``sample`` for many prompts, ``batch_size`` at a time, from ``torch.manual_seed(seed)``.
+
+    The same seed gives the same completions, and torch's global random state is restored
+    afterwards: evaluating or building a dataset never changes a training run's samples.
+    """
+    device = next(model.parameters()).device
+    devices = [device] if device.type == "cuda" else []
+    completions = []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), batch_size):
+            completions += sample(model, tokenizer, prompts[start : start + batch_size])
     return completions
 
 
@@ -94,19 +132,11 @@ def evaluate(model, tokenizer, n: int = 512, seed: int = 1234, batch_size: int =
     """Sample ``n`` completions for fixed random prompts and judge them.
 
     Returns ``desirable_rate``, ``well_formed_rate``, ``distinct`` (number of different
-    completion strings: mode collapse shows here first) and a few ``examples``. Seeded, and the
-    global random state is restored afterwards, so evaluating never changes a training run.
+    completion strings: mode collapse shows here first) and a few ``examples``. Seeded
+    (``sample_seeded``), so evaluating never changes a training run.
     """
-    import random
-
     prompts = task.random_prompts(n, random.Random(seed))
-    device = next(model.parameters()).device
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        completions = []
-        for start in range(0, n, batch_size):
-            completions += sample(model, tokenizer, prompts[start : start + batch_size])
+    completions = sample_seeded(model, tokenizer, prompts, seed, batch_size)
     labels = task.judge(prompts, completions)
     return {
         "desirable_rate": sum(labels) / n,

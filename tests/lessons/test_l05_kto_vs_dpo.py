@@ -1,4 +1,4 @@
-"""Lesson 05 (KTO against DPO): the toy and its trainers, the checks, planted bugs, demos.
+"""Lesson 05, KTO against DPO: the toy and its trainers, the checks, planted bugs, demos.
 
 Each check must pass the reference (``kto_course.toy``, itself tied to ``core`` below) and the
 notebook's own solutions in visible and hidden mode, and fail every planted misconception with
@@ -12,40 +12,21 @@ import itertools
 import math
 import warnings
 
-import nbformat
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from browser_specs import readout_numbers, readout_text
-from conftest import SOLUTIONS
 from planted_bugs import PLANTED_BUGS
+from shared import answer_cells, define, first_failure, passes, raising, readout, returns_none
 
 from kto_course import checks, core, demos, figures, toy
 
 LESSON = "05_kto_vs_dpo"
-NOTEBOOK = SOLUTIONS / f"{LESSON}.ipynb"
 EXERCISES = ("pairs_to_unpaired", "batch_label_shares", "dpo_batch_loss", "flip_labels")
 REFERENCES = {name: getattr(toy, name) for name in EXERCISES}
-CHECKS = {name: getattr(checks, f"check_{name}") for name in EXERCISES}
 # What the notebook's first code cell imports; planted bugs and solutions run in this namespace.
 NAMESPACE = {"np": np, "torch": torch, "F": F, "core": core, "toy": toy}
-
-
-def _define(source: str, name: str):
-    namespace = dict(NAMESPACE)
-    exec(compile(source, f"<{name}>", "exec"), namespace)  # noqa: S102  (test code only)
-    return namespace[name]
-
-
-def _failure(check, fn) -> str | None:
-    """The message of the first failing mode (visible, then hidden, as the test cell runs)."""
-    for hidden in (False, True):
-        try:
-            check(fn, hidden=hidden)
-        except checks.CheckFailed as e:
-            return str(e)
-    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,28 +163,17 @@ def test_experiments_return_one_value_per_setting_and_seed():
 @pytest.mark.parametrize("hidden", [False, True])
 @pytest.mark.parametrize("name", EXERCISES)
 def test_reference_passes(name, hidden, capsys):
-    CHECKS[name](REFERENCES[name], hidden=hidden)
-    assert "passed" in capsys.readouterr().out
-
-
-def _solution_sources() -> dict[str, str]:
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    sources = {}
-    for cell in notebook.cells:
-        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id", "")
-        if grade_id.startswith("ex_"):
-            sources[grade_id[3:]] = cell.source
-    return sources
+    passes(name, REFERENCES[name], hidden, capsys)
 
 
 def test_notebook_has_exactly_these_exercises():
-    assert set(_solution_sources()) == set(EXERCISES)
+    assert set(answer_cells(LESSON)) == set(EXERCISES)
 
 
 @pytest.mark.parametrize("name", EXERCISES)
 def test_notebook_solution_passes(name):
-    fn = _define(_solution_sources()[name], name)
-    assert _failure(CHECKS[name], fn) is None
+    fn = define(answer_cells(LESSON)[name], name, NAMESPACE)
+    assert first_failure(name, fn) is None
 
 
 BUGS = PLANTED_BUGS[LESSON]
@@ -211,21 +181,13 @@ BUGS = PLANTED_BUGS[LESSON]
 
 @pytest.mark.parametrize("bug", BUGS, ids=[f"{b.exercise}-{b.why}" for b in BUGS])
 def test_planted_bug_fails_with_its_message(bug):
-    message = _failure(CHECKS[bug.exercise], _define(bug.code, bug.exercise))
+    message = first_failure(bug.exercise, define(bug.code, bug.exercise, NAMESPACE))
     assert message is not None, f"the check passed the planted bug: {bug.why}"
     assert bug.message.lower() in message.lower(), message
 
 
 def test_every_exercise_has_a_planted_bug():
     assert {bug.exercise for bug in BUGS} == set(EXERCISES)
-
-
-def _raises(*args, **kwargs):
-    raise RuntimeError("boom")
-
-
-def _returns_none(*args, **kwargs):
-    return None
 
 
 def _returns_nan(*args, **kwargs):
@@ -239,23 +201,23 @@ def _returns_nan_scalar(*args, **kwargs):
 @pytest.mark.parametrize("name", EXERCISES)
 @pytest.mark.parametrize(
     "bad, words",
-    [(_raises, "raised RuntimeError"), (_returns_none, "None")],
+    [(raising(RuntimeError("boom")), "raised RuntimeError"), (returns_none, "None")],
     ids=["raises", "none"],
 )
 def test_broken_functions_fail_clearly(name, bad, words):
-    message = _failure(CHECKS[name], bad)
+    message = first_failure(name, bad)
     assert message is not None and words in message
 
 
 def test_nan_and_wrong_shapes_fail_clearly():
-    assert "NaN" in _failure(checks.check_batch_label_shares, _returns_nan)
-    assert "NaN" in _failure(checks.check_dpo_batch_loss, _returns_nan_scalar)
-    assert "shape" in _failure(checks.check_flip_labels, _returns_nan)
+    assert "NaN" in first_failure("batch_label_shares", _returns_nan)
+    assert "NaN" in first_failure("dpo_batch_loss", _returns_nan_scalar)
+    assert "shape" in first_failure("flip_labels", _returns_nan)
 
     def shares_with_one_too_many(labels, batch_size):
         return np.append(toy.batch_label_shares(labels, batch_size), 0.5)
 
-    assert "shape" in _failure(checks.check_batch_label_shares, shares_with_one_too_many)
+    assert "shape" in first_failure("batch_label_shares", shares_with_one_too_many)
 
     def per_pair_losses(theta, theta_ref, prompt, chosen, rejected, beta):
         logp, logp_ref = F.log_softmax(theta, -1), F.log_softmax(theta_ref, -1)
@@ -263,37 +225,37 @@ def test_nan_and_wrong_shapes_fail_clearly():
         r_l = logp[prompt, rejected] - logp_ref[prompt, rejected]
         return -F.logsigmoid(beta * (r_w - r_l))  # no mean: shape (B,)
 
-    assert "shape" in _failure(checks.check_dpo_batch_loss, per_pair_losses)
+    assert "shape" in first_failure("dpo_batch_loss", per_pair_losses)
 
     def rows_as_tuples(pairs, rng):
         rows = toy.pairs_to_unpaired(pairs, rng)
         return [(r["prompt"], r["completion"], r["label"]) for r in rows]
 
-    assert "dict" in _failure(checks.check_pairs_to_unpaired, rows_as_tuples)
+    assert "dict" in first_failure("pairs_to_unpaired", rows_as_tuples)
 
     def one_row_per_pair(pairs, rng):
         return toy.pairs_to_unpaired(pairs, rng)[: len(pairs)]
 
-    assert "exactly two rows" in _failure(checks.check_pairs_to_unpaired, one_row_per_pair)
+    assert "exactly two rows" in first_failure("pairs_to_unpaired", one_row_per_pair)
 
 
 def test_more_misconceptions_are_named():
     def integer_labels(pairs, rng):
         return [dict(row, label=int(row["label"])) for row in toy.pairs_to_unpaired(pairs, rng)]
 
-    assert "booleans" in _failure(checks.check_pairs_to_unpaired, integer_labels)
+    assert "booleans" in first_failure("pairs_to_unpaired", integer_labels)
 
     def counts(labels, batch_size):
         labels = np.asarray(labels, dtype=bool)
         starts = range(0, len(labels), batch_size)
         return np.array([labels[s : s + batch_size].sum() for s in starts])
 
-    assert "counts" in _failure(checks.check_batch_label_shares, counts)
+    assert "counts" in first_failure("batch_label_shares", counts)
 
     def no_beta(theta, theta_ref, prompt, chosen, rejected, beta):
         return toy.dpo_batch_loss(theta, theta_ref, prompt, chosen, rejected, 1.0)
 
-    assert "beta is missing" in _failure(checks.check_dpo_batch_loss, no_beta)
+    assert "beta is missing" in first_failure("dpo_batch_loss", no_beta)
 
     def probabilities(theta, theta_ref, prompt, chosen, rejected, beta):
         p, p_ref = torch.softmax(theta, -1), torch.softmax(theta_ref, -1)
@@ -302,7 +264,7 @@ def test_more_misconceptions_are_named():
         )
         return -F.logsigmoid(beta * margin).mean()
 
-    assert "probabilities" in _failure(checks.check_dpo_batch_loss, probabilities)
+    assert "probabilities" in first_failure("dpo_batch_loss", probabilities)
 
     def detached_rejected(theta, theta_ref, prompt, chosen, rejected, beta):
         logp, logp_ref = F.log_softmax(theta, -1), F.log_softmax(theta_ref, -1)
@@ -310,7 +272,7 @@ def test_more_misconceptions_are_named():
         r_l = (logp[prompt, rejected] - logp_ref[prompt, rejected]).detach()
         return -F.logsigmoid(beta * (r_w - r_l)).mean()
 
-    assert "wrong gradient" in _failure(checks.check_dpo_batch_loss, detached_rejected)
+    assert "wrong gradient" in first_failure("dpo_batch_loss", detached_rejected)
 
     def set_to_false(labels, fraction, rng):
         labels = np.array(labels, dtype=bool)
@@ -318,7 +280,7 @@ def test_more_misconceptions_are_named():
         labels[where] = False  # "flipping" that leaves False labels unchanged
         return labels
 
-    assert "number of flipped labels" in _failure(checks.check_flip_labels, set_to_false)
+    assert "number of flipped labels" in first_failure("flip_labels", set_to_false)
 
     def with_replacement(labels, fraction, rng):
         labels = np.array(labels, dtype=bool)
@@ -326,17 +288,17 @@ def test_more_misconceptions_are_named():
         labels[where] = ~labels[where]
         return labels
 
-    assert "number of flipped labels" in _failure(checks.check_flip_labels, with_replacement)
+    assert "number of flipped labels" in first_failure("flip_labels", with_replacement)
 
     def ignores_rng(labels, fraction, rng):
         return toy.flip_labels(labels, fraction, np.random.default_rng(0))
 
-    assert "rng" in _failure(checks.check_flip_labels, ignores_rng)
+    assert "rng" in first_failure("flip_labels", ignores_rng)
 
     def fixed_order(pairs, rng):
         return toy.pairs_to_unpaired(pairs, np.random.default_rng(0))
 
-    assert "rng" in _failure(checks.check_pairs_to_unpaired, fixed_order)
+    assert "rng" in first_failure("pairs_to_unpaired", fixed_order)
 
 
 def test_checks_restore_the_global_generators():
@@ -353,16 +315,12 @@ def test_checks_restore_the_global_generators():
 # ---------------------------------------------------------------------------------------------
 
 
-def _numbers(demo) -> dict[str, float]:
-    return readout_numbers(readout_text(demo.readout.value))
-
-
 def test_pair_margins_demo_behaves_as_the_lesson_says():
     demo = demos.pair_margins()
-    before, plot = _numbers(demo), demo.plot.value
+    before, plot = readout(demo), demo.plot.value
     assert before["DPO loss"] == pytest.approx(0.313, abs=1e-3)
     demo.controls["shift"].value = 10.0
-    after = _numbers(demo)
+    after = readout(demo)
     assert after["DPO loss"] == before["DPO loss"]  # a common lift is invisible to DPO
     assert after["d loss / d r_w"] == before["d loss / d r_w"]
     assert after["KTO loss"] > before["KTO loss"]
@@ -371,28 +329,28 @@ def test_pair_margins_demo_behaves_as_the_lesson_says():
     assert demo.plot.value != plot
     demo.controls["shift"].value = 0.0
     demo.controls["margin"].value = -4.0
-    wrong = _numbers(demo)
+    wrong = readout(demo)
     demo.controls["margin"].value = 4.0
-    right = _numbers(demo)
+    right = readout(demo)
     assert wrong["DPO loss"] / right["DPO loss"] > 10  # unbounded
     assert wrong["KTO loss"] < 1.0 and wrong["KTO loss"] > right["KTO loss"]  # bounded
 
 
 def test_batch_order_demo_behaves_as_the_lesson_says():
     demo = demos.batch_order()
-    first = _numbers(demo)
+    first = readout(demo)
     assert first["one-label share"] == 100
     plot = demo.plot.value
     demo.controls["order"].value = "shuffled"
-    shuffled = _numbers(demo)
+    shuffled = readout(demo)
     assert shuffled["one-label microbatches"] < first["one-label microbatches"]
     assert demo.plot.value != plot
     demo.controls["batch_size"].value = 2
-    assert _numbers(demo)["one-label share"] > shuffled["one-label share"]
+    assert readout(demo)["one-label share"] > shuffled["one-label share"]
     demo.controls["order"].value = "chosen first"
     for size in demo.controls["batch_size"].options:
         demo.controls["batch_size"].value = size
-        assert _numbers(demo)["one-label share"] == 100
+        assert readout(demo)["one-label share"] == 100
 
 
 def _sweep(render, grid):

@@ -1,0 +1,118 @@
+"""Lesson 04, gradients and saturation: the gradient bump; where a batch's updates go."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kto_course import core
+from kto_course.figures.base import (
+    COLOR_D,
+    COLOR_U,
+    LABELS,
+    beta_shades,
+    fmt,
+    mark_z0,
+    new_figure,
+    readout_html,
+)
+
+__all__ = [
+    "BATCH_SIZE",
+    "gradient_bump_figure",
+    "gradient_batch",
+    "gradient_batch_figure",
+]
+
+
+def gradient_bump_figure(betas=(0.1, 0.3, 1.0)):
+    """Lesson 04's opening picture: dL/dr against delta for both labels and a few beta."""
+    delta = np.linspace(-30.0, 30.0, 601)
+    fig, ax = new_figure(ncols=1, width=6.0)
+    for beta, alpha in beta_shades(betas):
+        for label, color, _ in LABELS:
+            d = np.full(delta.shape, label)
+            ax.plot(delta, core.kto_loss_grad(delta, 0.0, d, beta), color=color, alpha=alpha,
+                    label=f"beta = {beta:g}" if label else None)
+    ax.text(0.02, 0.95, "undesirable: dL/dr > 0", color=COLOR_U, transform=ax.transAxes,
+            va="top", fontsize=9)
+    ax.text(0.02, 0.05, "desirable: dL/dr < 0", color=COLOR_D, transform=ax.transAxes,
+            va="bottom", fontsize=9)
+    ax.axhline(0, color="0.6", lw=0.8)
+    mark_z0(ax, 0, "delta = r - z0")
+    ax.set_ylabel("dL/dr")
+    ax.set_title("the gradient is a bump centred on the baseline", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+# The batch of the gradient demo: fixed, so that moving a control changes one thing only.
+_BATCH_SEED = 4
+BATCH_SIZE = 24  # ordinary examples, half per label; the hard desirable one comes on top
+
+
+def gradient_batch(beta: float, z0: float, r_hard: float) -> dict:
+    """Per-example |dL/dr| of lesson 04's demo batch (lambda_D = lambda_U = 1).
+
+    The batch: 12 desirable and 12 undesirable examples around z0, plus one hard desirable
+    example at ``r_hard`` (the last one). Returns r, desirable, |dL/dr| and summary numbers.
+    """
+    rng = np.random.default_rng(_BATCH_SEED)
+    half = BATCH_SIZE // 2
+    # r is drawn relative to z0: desirable examples mostly above it, undesirable mostly below.
+    r = z0 + np.concatenate([rng.normal(4.0, 8.0, half), rng.normal(-4.0, 8.0, half), [0.0]])
+    r[-1] = r_hard
+    desirable = np.array([True] * half + [False] * half + [True])
+    g = np.abs(np.asarray(core.kto_loss_grad(r, z0, desirable, beta)))
+    total = g.sum()
+    top = max(1, len(r) // 4)
+    peak = beta / 4
+    return {
+        "r": r,
+        "desirable": desirable,
+        "abs_grad": g,
+        "peak": peak,
+        "top": top,
+        "top_share": float(np.sort(g)[::-1][:top].sum() / total) if total > 0 else 0.0,
+        "hard_of_peak": float(g[-1] / peak),
+        "hard_share": float(g[-1] / total) if total > 0 else 0.0,
+    }
+
+
+def gradient_batch_figure(beta: float = 0.1, z0: float = 2.0, r_hard: float = -30.0):
+    """Lesson 04's demo: where a batch's updates concentrate, and how beta changes it.
+
+    Left: |dL/dr| against r with the batch on the curve; right: each example's share of the
+    batch's total |dL/dr|, largest first. Returns (fig, readout_html).
+    """
+    b = gradient_batch(beta, z0, r_hard)
+    r, d, g = b["r"], b["desirable"], b["abs_grad"]
+    fig, (ax_curve, ax_share) = new_figure(ncols=2)
+    lo, hi = min(-60.0, r.min()) - 2, max(60.0, r.max()) + 2
+    grid = np.linspace(lo, hi, 401)
+    ax_curve.plot(grid, np.abs(core.kto_loss_grad(grid, z0, np.ones(grid.shape, bool), beta)),
+                  color="0.5", lw=1.2)
+    ax_curve.scatter(r[:-1][d[:-1]], g[:-1][d[:-1]], color=COLOR_D, s=22, label="desirable")
+    ax_curve.scatter(r[~d], g[~d], color=COLOR_U, s=22, label="undesirable")
+    ax_curve.scatter([r[-1]], [g[-1]], color=COLOR_D, marker="*", s=160, ec="black",
+                     label="hard desirable")
+    mark_z0(ax_curve, z0, "r = log-ratio")
+    ax_curve.set_title("|dL/dr| of each example")
+    ax_curve.legend(fontsize=7, loc="upper left")
+    order = np.argsort(-g, kind="stable")
+    share = g[order] / g.sum() if g.sum() > 0 else np.zeros_like(g)
+    colors = [COLOR_D if d[i] else COLOR_U for i in order]
+    bars = ax_share.bar(np.arange(len(g)), 100 * share, color=colors)
+    hard_pos = int(np.flatnonzero(order == len(g) - 1)[0])
+    bars[hard_pos].set_edgecolor("black")
+    bars[hard_pos].set_linewidth(1.5)
+    ax_share.set_xlabel("examples, largest update first")
+    ax_share.set_ylabel("% of the batch's total |dL/dr|")
+    ax_share.set_title("where the update goes")
+    return fig, readout_html(
+        f"beta = {fmt(beta)}, z0 = {fmt(z0)}, peak |dL/dr| = {fmt(b['peak'])} (beta / 4)",
+        f"top-25% share = {fmt(100 * b['top_share'])}% of the total |dL/dr| "
+        f"(the {b['top']} largest of {len(g)} examples)",
+        f"hard desirable example; hard delta = {fmt(r_hard - z0)}, "
+        f"hard |dL/dr| / peak = {fmt(100 * b['hard_of_peak'])}%, "
+        f"hard share of the total = {fmt(100 * b['hard_share'])}%",
+    )

@@ -1,0 +1,110 @@
+"""Lesson 06, KTO on a tiny GPT-2: a run's training curves; each model's first adjective."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kto_course.figures.base import COLOR_D, COLOR_U, new_figure, readout_html
+
+__all__ = [
+    "training_curves",
+    "adjective_bars",
+]
+
+
+def _series(rows: list[dict], key: str) -> np.ndarray:
+    """One metric over a run's rows (NaN where a row lacks it)."""
+    return np.array([row.get(key, np.nan) for row in rows], dtype=float)
+
+
+def _trailing_mean(y: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over ``window`` steps, ignoring NaN (a step without that label)."""
+    out = np.full_like(y, np.nan)
+    for i in range(len(y)):
+        chunk = y[max(0, i - window + 1) : i + 1]
+        if np.isfinite(chunk).any():
+            out[i] = np.nanmean(chunk)
+    return out
+
+
+def training_curves(history: list[dict], evals: list[dict], smooth: int = 10):
+    """Lesson 06: a KTO run at a glance, from the trainer's ``history`` and ``evals``.
+
+    Left: the loss (lesson 03). Middle: rewards/chosen and rewards/rejected (beta * r, lesson
+    01) and kl (the clamped z0, lesson 02). Right: desirable rate, well-formed rate and distinct
+    completions relative to the first evaluation. Returns (fig, readout_html).
+    """
+    fig, (ax_loss, ax_reward, ax_eval) = new_figure(3, width=3.6, height=2.9)
+    steps = _series(history, "step")
+    if len(history):
+        loss = _series(history, "loss")
+        ax_loss.plot(steps, loss, color="0.75", lw=0.8)
+        ax_loss.plot(steps, _trailing_mean(loss, smooth), color="0.1", lw=1.5)
+        for key, color, label in (("rewards/chosen", COLOR_D, "rewards/chosen"),
+                                  ("rewards/rejected", COLOR_U, "rewards/rejected"),
+                                  ("kl", "0.4", "kl (z0)")):  # fmt: skip
+            ax_reward.plot(steps, _trailing_mean(_series(history, key), smooth), color=color,
+                           lw=1.5, label=label)  # fmt: skip
+        ax_reward.axhline(0.0, color="0.8", lw=0.8)
+        ax_reward.legend(fontsize=7, loc="best")
+    ax_loss.set(title="loss", xlabel="step")
+    ax_reward.set(title=f"rewards and kl ({smooth}-step mean)", xlabel="step")
+    if evals:
+        e_steps = _series(evals, "step")
+        distinct = _series(evals, "distinct")
+        ax_eval.plot(e_steps, _series(evals, "desirable_rate"), "o-", color=COLOR_D,
+                     label="desirable")  # fmt: skip
+        ax_eval.plot(e_steps, _series(evals, "well_formed_rate"), "s--", color="0.3",
+                     label="well formed")  # fmt: skip
+        ax_eval.plot(e_steps, distinct / max(distinct[0], 1), "^:", color="#2166ac",
+                     label="distinct / before")  # fmt: skip
+        ax_eval.legend(fontsize=7, loc="lower left")
+    ax_eval.set(title="evaluations", xlabel="step", ylim=(0.0, 1.05))
+    parts = []
+    if history:
+        last = history[-1]
+        parts.append(f"step {int(last['step'])}: loss = {last['loss']:.3f}, "
+                     f"kl = {last['kl']:.2f}")  # fmt: skip
+    if evals:
+        first, now = evals[0], evals[-1]
+        parts.append(
+            f"desirable {first['desirable_rate']:.2f} → {now['desirable_rate']:.2f}, "
+            f"well formed {now['well_formed_rate']:.2f}, "
+            f"distinct {first['distinct']} → {now['distinct']}"
+        )
+    return fig, readout_html(*parts) or "no steps yet"
+
+
+def adjective_bars(words, p_reference, p_policy, wanted_positive: bool, n_positive: int):
+    """Lesson 06: P(first adjective) under the reference and the policy, side by side.
+
+    ``words`` lists the positive adjectives first (``n_positive`` of them), then the negative
+    ones; ``wanted_positive`` says which group agrees with the prompt's rating.
+    Returns (fig, readout_html) with the probability of agreeing and how spread it is.
+    """
+    p_reference = np.asarray(p_reference, dtype=float)
+    p_policy = np.asarray(p_policy, dtype=float)
+    fig, ax = new_figure(1, width=7.5, height=3.0)
+    x = np.arange(len(words))
+    agrees = (x < n_positive) if wanted_positive else (x >= n_positive)
+    ax.bar(x - 0.2, p_reference, width=0.4, color="0.65", label="reference")
+    ax.bar(x + 0.2, p_policy, width=0.4, color=np.where(agrees, COLOR_D, COLOR_U),
+           label="policy (green: agrees with the rating)")  # fmt: skip
+    ax.set_xticks(x, list(words), rotation=60, fontsize=7)
+    ax.set(ylabel="probability", title="first adjective after ' it was'")
+    ax.legend(fontsize=7)
+
+    def agree(p):
+        return float(p[agrees].sum() / max(p.sum(), 1e-12))
+
+    def effective(p):  # exp(entropy) of the adjective distribution: how many it really uses
+        q = p / max(p.sum(), 1e-12)
+        q = q[q > 0]
+        return float(np.exp(-(q * np.log(q)).sum()))
+
+    return fig, readout_html(
+        f"P(adjective agrees with the rating): reference = {agree(p_reference):.2f}, "
+        f"policy = {agree(p_policy):.2f}",
+        f"adjectives in effective use (exp entropy): reference = {effective(p_reference):.1f}, "
+        f"policy = {effective(p_policy):.1f}",
+    )

@@ -1,0 +1,166 @@
+"""nbgrader's apps run inside this process, quietly, with the course's configuration.
+
+``generate``, ``grade`` and ``course`` (this package) build a course folder with ``new_course``,
+configure it with ``course_config`` and call ``run_app`` once per nbgrader step for every lesson
+or every student at once, which avoids nbgrader's start-up cost per notebook. The feedback
+preprocessors named here are also written into a class course's ``nbgrader_config.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+from nbconvert.preprocessors import Preprocessor
+from traitlets import Bool
+from traitlets.config import Config
+
+from kto_course.grading.lockdown import KERNEL_EXEC_LINE
+from kto_course.grading.notebooks import HIDDEN_MARKERS
+
+COURSE_ID = "kto-course"
+# Seconds one cell may run when a learner submits; the longest lesson cell takes far less.
+DEFAULT_TIMEOUT = 60
+
+
+class HideHiddenTestTracebacks(Preprocessor):
+    """Feedback: in test cells that had hidden tests, an error shows only as "ename: evalue".
+
+    ClearHiddenTests removes the hidden lines from the source, but a traceback quotes the line
+    that failed; the check's message already says what went wrong.
+    """
+
+    enabled = Bool(True)  # nbconvert skips preprocessors that are not enabled
+
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type == "code" and HIDDEN_MARKERS[0] in cell.source:
+            for output in cell.get("outputs", []):
+                if output.get("output_type") == "error":
+                    output["traceback"] = [f"{output.get('ename')}: {output.get('evalue')}"]
+        return cell, resources
+
+
+FEEDBACK_PREPROCESSORS = [
+    "nbgrader.preprocessors.GetGrades",
+    "kto_course.grading.nbgrader_app.HideHiddenTestTracebacks",
+    "nbgrader.preprocessors.ClearHiddenTests",
+    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
+]
+
+
+# nbgrader's autograde pipeline with the course's three steps (kto_course/grading/verdicts.py):
+# the sanitize stage repairs duplicated cells and spots another lesson's notebook BEFORE
+# DeduplicateIds; SafeExecute survives a dead kernel; IsolatedVerdicts writes each test cell's
+# verdict, computed against the learner's function in an isolated worker, before SaveAutoGrades.
+SANITIZE_PREPROCESSORS = [
+    "nbgrader.preprocessors.ClearOutput",
+    "kto_course.grading.verdicts.SanitizeSubmission",
+    "nbgrader.preprocessors.DeduplicateIds",
+    "nbgrader.preprocessors.OverwriteKernelspec",
+    "nbgrader.preprocessors.OverwriteCells",
+    "nbgrader.preprocessors.CheckCellMetadata",
+]
+AUTOGRADE_PREPROCESSORS = [
+    "kto_course.grading.verdicts.SafeExecute",
+    "kto_course.grading.verdicts.IsolatedVerdicts",
+    "nbgrader.preprocessors.IgnorePattern",
+    "nbconvert.preprocessors.ClearMetadataPreprocessor",
+    "nbgrader.preprocessors.LimitOutput",
+    "nbgrader.preprocessors.SaveAutoGrades",
+    "nbgrader.preprocessors.AssignLatePenalties",
+    "nbgrader.preprocessors.CheckCellMetadata",
+]
+
+
+def course_config(
+    root: Path,
+    *,
+    course_id: str = COURSE_ID,
+    timeout: int = DEFAULT_TIMEOUT,
+    exchange_root: Path | None = None,
+) -> Config:
+    """The nbgrader configuration of a course rooted at ``root`` (also written by ``course``)."""
+    root = Path(root).resolve()
+    c = Config()
+    c.CourseDirectory.course_id = course_id
+    c.CourseDirectory.root = str(root)
+    c.CourseDirectory.db_url = f"sqlite:///{root / 'gradebook.db'}"
+    # nbgrader's default exchange (/usr/local/share/nbgrader/exchange) needs root to create.
+    c.Exchange.root = str(Path(exchange_root).resolve() if exchange_root else root / "exchange")
+    c.ExecutePreprocessor.timeout = timeout
+    # Quiet kernels (no "running over TCP without encryption") and no IPython history file.
+    # ... and locked down before any learner code runs (kto_course/grading/lockdown.py).
+    c.Execute.extra_arguments = [
+        "--HistoryManager.hist_file=:memory:",
+        "--IPKernelApp.log_level=ERROR",
+        f"--IPKernelApp.exec_lines={KERNEL_EXEC_LINE}",
+    ]
+    # A learner who deleted a test cell still gets it graded instead of a silent zero.
+    c.OverwriteCells.add_missing_cells = True
+    c.GenerateFeedback.preprocessors = list(FEEDBACK_PREPROCESSORS)
+    c.Autograde.sanitize_preprocessors = list(SANITIZE_PREPROCESSORS)
+    c.Autograde.autograde_preprocessors = list(AUTOGRADE_PREPROCESSORS)
+    return c
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence the harmless noise of nbgrader and SQLAlchemy while an app runs."""
+    # nbgrader's Gradebook runs the `alembic` command, which sits next to this Python: a
+    # learner who calls .venv/bin/kto-course without activating the venv must still find it.
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if bin_dir not in path.split(os.pathsep):
+            os.environ["PATH"] = bin_dir + os.pathsep + path
+        try:
+            yield
+        finally:
+            os.environ["PATH"] = path
+
+
+def _logger() -> tuple[logging.Logger, io.StringIO]:
+    buffer = io.StringIO()
+    log = logging.getLogger("kto_course.nbgrader")
+    log.handlers = [logging.StreamHandler(buffer)]
+    log.setLevel(logging.WARNING)
+    log.propagate = False
+    return log, buffer
+
+
+def run_app(
+    app_class, config: Config, *, assignment_id: str, student_id: str = "*", **attrs
+) -> str:
+    """Run one nbgrader converter app in this process; its log on success, RuntimeError else."""
+    from nbgrader.coursedir import CourseDirectory
+
+    log, buffer = _logger()
+    coursedir = CourseDirectory(config=config, log=log)
+    coursedir.assignment_id = assignment_id
+    coursedir.student_id = student_id
+    app = app_class(coursedir=coursedir, config=config, log=log)
+    for name, value in attrs.items():
+        setattr(app, name, value)
+    with quiet():
+        try:
+            app.start()
+        except Exception as e:
+            raise RuntimeError(
+                f"nbgrader {app_class.__name__} failed: {e}\n{buffer.getvalue()}"
+            ) from e
+    return buffer.getvalue()
+
+
+def new_course(root: Path, solutions_dir: Path, lesson_names: list[str]) -> None:
+    """Copy each lesson's solution to ``root/source/<lesson>/``: one assignment per lesson."""
+    for name in lesson_names:
+        dest = root / "source" / name
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(solutions_dir) / f"{name}.ipynb", dest / f"{name}.ipynb")
