@@ -5,6 +5,7 @@ Used by the trainer (lesson 06), by ``kto-course doctor`` and by the browser tes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -91,3 +92,20 @@ QUICK_ENV = "KTO_COURSE_QUICK"
 def quick_mode() -> bool:
     """True when $KTO_COURSE_QUICK=1: notebooks that train run a short version (tests set it)."""
     return os.environ.get(QUICK_ENV, "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run the block on one torch thread, then restore the setting (lessons 05 and 07).
+
+    The tiny models' tensors are small: torch's thread pool only adds synchronisation, and on
+    a busy 2-core machine that made a 0.3 s run take 15 s (measured).
+    """
+    import torch  # here, not at the top: ``kto-course doctor`` imports this module
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

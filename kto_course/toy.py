@@ -19,14 +19,13 @@ Run one of the lesson's experiments from a shell::
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kto_course import core, torch_ops
+from kto_course import core, system, torch_ops
 
 __all__ = [
     "ToyProblem",
@@ -233,20 +232,10 @@ def evaluate(problem: ToyProblem, theta) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _one_thread():
-    # The tensors are tiny: torch's thread pool only adds synchronisation, and on a busy
-    # 2-core machine that made a 0.3 s run take 15 s (measured). Restore the setting after.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _train(problem, n_examples, batch_size, epochs, lr, batch_loss) -> dict:
-    with _one_thread():
+    with system.one_thread():
         return _train_loop(problem, n_examples, batch_size, epochs, lr, batch_loss)
 
 

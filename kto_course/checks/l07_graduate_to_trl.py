@@ -11,7 +11,7 @@ import random
 
 import numpy as np
 
-from kto_course import core, trl_launch, trl_mapping
+from kto_course import core, system, trl_launch, trl_mapping
 from kto_course.checks.base import (
     CheckFailed,
     as_float_array,
@@ -183,16 +183,6 @@ def _rows(rng, n: int = 48) -> list[dict]:
             for p, c, y in zip(prompts, completions, labels, strict=True)]  # fmt: skip
 
 
-@contextlib.contextmanager
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run_both(kwargs: dict, config, rng) -> None:
@@ -205,7 +195,7 @@ def _run_both(kwargs: dict, config, rng) -> None:
     rows = _rows(rng)
     knobs = trl_mapping.course_knobs(config)
     steps = knobs.pop("steps")
-    with _one_thread(), contextlib.redirect_stdout(io.StringIO()):
+    with system.one_thread(), contextlib.redirect_stdout(io.StringIO()):
         policy, tokenizer = load_reference()
         reference, _ = load_reference()
         args = trl_bridge.matching_args(dict(kwargs), device="cpu")
