@@ -149,12 +149,15 @@ def test_microbatch_label_shares_and_paired_rows():
 # Calls that need TRL: a code cell that makes one must start by testing HAVE_TRL.
 TRL_CALLS = ("trl_bridge.make_trainer", "trl_bridge.run_trl", "figures.choice_effects",
              "figures.unpairing_pitfall", "subprocess.run")  # fmt: skip
+GUARDS = ("if HAVE_TRL", "elif HAVE_TRL", "if RUN_EXPERIMENTS", "elif RUN_EXPERIMENTS")
 
 
 def test_trl_cells_are_guarded_and_the_flag_is_set_first():
     cells = [c for c in solution_notebook(LESSON).cells if c.cell_type == "code"]
     first = cells[0].source
     assert "trl_bridge.require_trl()" in first and "HAVE_TRL = False" in first
+    # RUN_EXPERIMENTS is HAVE_TRL narrowed (off while nbgrader grades), so it guards too.
+    assert "RUN_EXPERIMENTS = HAVE_TRL and not GRADING" in first
     guarded = [c for c in cells if any(call in c.source for call in TRL_CALLS)]
     assert len(guarded) >= 6
     for cell in guarded:
@@ -163,7 +166,7 @@ def test_trl_cells_are_guarded_and_the_flag_is_set_first():
             if line and not line[0].isspace():
                 block = line
             if any(call in line for call in TRL_CALLS):
-                assert block.startswith(("if HAVE_TRL", "elif HAVE_TRL")), (block, line)
+                assert block.startswith(GUARDS), (block, line)
 
 
 def test_every_experiment_is_predicted_then_revealed():
