@@ -17,6 +17,7 @@ __all__ = [
     "token_logps",
     "sequence_logps",
     "sequence_logps_from_logits",
+    "head_token_logps",
     "dpo_loss",
     "mismatched_indices",
     "z0_estimate",
@@ -86,6 +87,41 @@ def sequence_logps_from_logits(
             "must follow at least one prompt token."
         )
     return sequence_logps(token_logps(logits, input_ids), completion_mask[:, 1:])
+
+
+class _HeadLogps(torch.autograd.Function):
+    """TRL's fused LM head on a CPU (one tile): forward ``z_t - (m + log sum exp(z - m))``,
+    backward ``g * (onehot - softmax(z))`` projected back with two matmuls."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets):
+        z = torch.mm(hidden, weight.t())
+        m = z.amax(-1)
+        log_z = m + torch.log(torch.exp(z - m.unsqueeze(-1)).sum(-1))
+        ctx.save_for_backward(hidden, weight, targets, log_z)
+        return z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_z
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, targets, log_z = ctx.saved_tensors
+        z = torch.mm(hidden, weight.t())  # recomputed, as the fused head does, not stored
+        p = torch.exp(z - log_z.unsqueeze(-1))
+        onehot = torch.arange(z.shape[-1], device=z.device) == targets.unsqueeze(-1)
+        g = torch.zeros_like(z)
+        g += grad.unsqueeze(-1) * (onehot.float() - p)
+        grad_hidden = torch.zeros_like(hidden).addmm_(g, weight)
+        grad_weight = torch.zeros_like(weight).addmm_(g.t(), hidden)
+        return grad_hidden, grad_weight, None
+
+
+def head_token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
+    """log pi(target) of ``hidden @ weight.T`` without keeping the logits, shape (N,) (lesson 07).
+
+    ``token_logps`` of the same logits with the arithmetic of TRL's fused LM head: the same
+    quantity, other float rounding (~1e-6 in a sequence log-prob), which Adam amplifies over
+    steps. ``hidden`` (N, d), the LM head ``weight`` (vocab, d), ``targets`` (N,) ids.
+    """
+    return _HeadLogps.apply(hidden, weight, targets)
 
 
 def dpo_loss(r_w: torch.Tensor, r_l: torch.Tensor, beta: float = 0.1) -> torch.Tensor:

@@ -45,6 +45,10 @@ __all__ = [
 
 MODES = ("online", "offline")
 OPTIMIZERS = ("adamw_fused", "adamw")
+SCHEDULES = ("warmup_constant", "linear")
+ORDERS = ("shuffled", "sequential")
+TOKENIZATIONS = ("separate", "joint")
+LOGPROBS = ("log_softmax", "fused_head")
 # Rows scored at once when the reference log-probs are precomputed (offline mode).
 SCORE_CHUNK = 512
 
@@ -88,6 +92,27 @@ class KTOConfig:
     optimizer: str = knob("adamw_fused", "AdamW kernel: adamw_fused (TRL's default, one "
                           "fused kernel) or adamw (PyTorch's multi-tensor loop)",
                           choices=OPTIMIZERS)  # fmt: skip
+    # The choices below default to lesson 06's; ``trl_matching_config`` sets TRL's (lesson 07).
+    schedule: str = knob("warmup_constant", "learning rate: warmup_constant (warmup_steps, "
+                         "then constant) or linear (TRL's: decay to 0 over steps, no warmup)",
+                         choices=SCHEDULES)  # fmt: skip
+    order: str = knob("shuffled", "offline: rows reshuffled each epoch, or read sequentially "
+                      "(TRL's sampler for KTO)", choices=ORDERS)  # fmt: skip
+    kl_pairing: str = knob("trl", "z0's mismatched pairs: trl (x_i with y_{i-1}) or halos "
+                           "(x_i with y_{i+1})", choices=("trl", "halos"))  # fmt: skip
+    pairing_groups: int = knob(1, "z0's pairs are formed inside each of this many equal parts "
+                               "of the microbatch (2: what 2 processes of batch_size/2 do)",
+                               at_least=1)  # fmt: skip
+    tokenization: str = knob("separate", "separate: prompt and completion apart, completion "
+                             "capped at 16 tokens, + <eos>; joint: TRL's (prompt + completion "
+                             "+ '<eos>' at once, split at the common prefix)",
+                             choices=TOKENIZATIONS)  # fmt: skip
+    max_length: int | None = knob(None, "tokens kept per row, prompt + completion (TRL's "
+                                  "max_length); rows whose prompt alone fills it are dropped",
+                                  at_least=2)  # fmt: skip
+    logprobs: str = knob("log_softmax", "log_softmax of the full logits, or fused_head (TRL's "
+                         "LM-head arithmetic: the same values, rounded differently)",
+                         choices=LOGPROBS)  # fmt: skip
     temperature: float = knob(1.0, "sampling temperature (full distribution, no top-k)", above=0)
     offline_size: int = knob(2048, "offline: reference samples judged once", at_least=1)
     eval_every: int = knob(50, "steps between evaluations (desirable rate, diversity)", at_least=1)
@@ -134,6 +159,11 @@ class KTOConfig:
                 "with ANOTHER example's completion, so a microbatch needs at least 2 examples "
                 "(lesson 02). Use --batch-size 2 or more (16 is the default)."
             )
+        if self.batch_size % self.pairing_groups or self.batch_size < 2 * self.pairing_groups:
+            raise ValueError(
+                f"pairing_groups {self.pairing_groups} must split batch_size {self.batch_size} "
+                "into equal parts of at least 2 examples (each part pairs its own rows for z0)."
+            )
         if self.mode == "offline" and self.offline_size < self.batch_size:
             raise ValueError(
                 f"the offline dataset has {self.offline_size} rows, fewer than one microbatch "
@@ -152,15 +182,75 @@ def make_offline_dataset(model, tokenizer, n: int, seed: int) -> list[dict]:
     ]
 
 
-def sequence_logps_of(model, batch: dict) -> torch.Tensor:
-    """Sequence log-probs log pi(y|x) of a right-padded batch from ``sampling.encode`` (B,)."""
+def sequence_logps_of(model, batch: dict, logprobs: str = "log_softmax") -> torch.Tensor:
+    """Sequence log-probs log pi(y|x) of a right-padded batch from ``sampling.encode`` (B,).
+
+    ``logprobs="fused_head"``: TRL's arithmetic (``torch_ops.head_token_logps`` on the model's
+    own forward), which the TRL-matching configuration needs to reproduce TRL's steps (lesson 07).
+    """
     ids, mask = batch["input_ids"], batch["completion_mask"]
     # Logits are needed from the position before the first completion token on: the prompt
     # positions' LM head is skipped (the same sum; those terms are masked out anyway).
     start = max(0, int(mask.any(0).int().argmax()) - 1)
+    if logprobs == "fused_head":
+        out = model.base_model(input_ids=ids, attention_mask=batch["attention_mask"],
+                               use_cache=False)  # fmt: skip
+        hidden = out.last_hidden_state[:, start:-1]
+        completion = mask[:, start + 1 :]
+        targets = ids[:, start + 1 :].masked_fill(~completion, 0)
+        per_token = torch_ops.head_token_logps(
+            hidden.reshape(-1, hidden.shape[-1]), model.get_output_embeddings().weight,
+            targets.reshape(-1),
+        ).view(completion.shape)  # fmt: skip
+        return per_token.masked_fill(~completion, 0).sum(-1)
     # fast.logits: the model's own forward in fewer calls (the same logits to ~4e-6).
     logits = fast.logits(model, ids, batch["attention_mask"], start=start)
     return torch_ops.sequence_logps_from_logits(logits, ids[:, start:], mask[:, start:])
+
+
+def mismatched_indices(batch_size: int, config: KTOConfig, device=None) -> torch.Tensor:
+    """z0's mismatched pairs of a microbatch under ``config``: the cyclic shift of lesson 02,
+    inside each of ``config.pairing_groups`` equal parts (one part per process, lesson 07)."""
+    size = batch_size // config.pairing_groups
+    shift = torch_ops.mismatched_indices(size, config.kl_pairing, device=device)
+    return torch.cat([shift + g * size for g in range(config.pairing_groups)])
+
+
+def learning_rate_factor(config: KTOConfig):
+    """The schedule as a factor of ``lr`` for step s = 0, 1, ... (``LambdaLR``'s lambda)."""
+    if config.schedule == "linear":  # transformers' get_linear_schedule_with_warmup(0, steps)
+        return lambda s: max(0.0, (config.steps - s) / config.steps)
+    return lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps))
+
+
+def encode_rows(tokenizer, prompts, completions, config: KTOConfig):
+    """Token ids (prompt_ids, completion_ids) per row, the way ``config.tokenization`` says.
+
+    separate: lesson 06's ``sampling.encode`` (apart, completion capped, + <eos>); joint: TRL's
+    (the prompt alone and prompt + completion + "<eos>" text, split at their common prefix).
+    """
+    if config.tokenization == "separate":
+        prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        completion_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+        completion_ids = [ids[: sampling.MAX_COMPLETION_TOKENS] + [tokenizer.eos_token_id]
+                          for ids in completion_ids]  # fmt: skip
+        return prompt_ids, completion_ids
+    alone = tokenizer(list(prompts))["input_ids"]
+    full = tokenizer(
+        [p + c + tokenizer.eos_token for p, c in zip(prompts, completions, strict=True)]
+    )["input_ids"]
+    split = [_common_prefix(a, b) for a, b in zip(alone, full, strict=True)]
+    return [a[:n] for a, n in zip(alone, split, strict=True)], [
+        b[n:] for b, n in zip(full, split, strict=True)]  # fmt: skip
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def peak_memory_mb(device: str) -> float:
@@ -196,15 +286,17 @@ class KTOTrainer:
         self.policy.to(self.device).train()
         # The reference only scores: frozen, in eval mode, never given to the optimizer.
         self.reference.to(self.device).eval().requires_grad_(False)
+        # No weight decay on biases and LayerNorm weights (the 1-D tensors), as transformers'
+        # Trainer builds AdamW (Trainer.get_decay_parameter_names).
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.ndim >= 2]},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # fmt: skip
         self.opt = torch.optim.AdamW(
-            self.policy.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
-            weight_decay=cfg.weight_decay, fused=cfg.optimizer == "adamw_fused",
+            groups, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
+            fused=cfg.optimizer == "adamw_fused",
         )  # fmt: skip
-        # z0's mismatched pairs: prompt x_i with completion y_{i-1} (TRL's cyclic shift).
-        self._shift = torch_ops.mismatched_indices(cfg.batch_size, device=self.device)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda step: min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-        )
+        self._shift = mismatched_indices(cfg.batch_size, cfg, device=self.device)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, learning_rate_factor(cfg))
         if cfg.mode == "offline":
             if self.dataset is None:
                 self.dataset = make_offline_dataset(
@@ -241,6 +333,10 @@ class KTOTrainer:
         return ([r["prompt"] for r in rows], [r["completion"] for r in rows],
                 [bool(r["label"]) for r in rows])  # fmt: skip
 
+    def encode(self, prompts, completions) -> tuple[list[list[int]], list[list[int]]]:
+        """Prompt and completion token ids of each row (``encode_rows`` with this config)."""
+        return encode_rows(self.tokenizer, prompts, completions, self.config)
+
     def _pretokenize(self) -> None:
         """Offline: tokenize every row ONCE and score it under the frozen reference.
 
@@ -249,10 +345,19 @@ class KTOTrainer:
         mismatched pairs once per epoch, as soon as its order is drawn (``_next_rows``).
         """
         tok, rows, dev = self.tokenizer, self.dataset, self.device
-        prompt_ids = tok([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
-        completion_ids = tok([r["completion"] for r in rows], add_special_tokens=False)
-        completion_ids = [ids[: sampling.MAX_COMPLETION_TOKENS] + [tok.eos_token_id]
-                          for ids in completion_ids["input_ids"]]  # fmt: skip
+        prompt_ids, completion_ids = self.encode([r["prompt"] for r in rows],
+                                                 [r["completion"] for r in rows])  # fmt: skip
+        limit = self.config.max_length
+        if limit is not None:  # as TRL: a prompt that fills max_length leaves no completion
+            keep = [i for i, ids in enumerate(prompt_ids) if len(ids) < limit]
+            if len(keep) < self.config.batch_size:
+                raise ValueError(
+                    f"only {len(keep)} rows have a prompt shorter than max_length {limit}, "
+                    f"fewer than one microbatch of {self.config.batch_size}: raise max_length."
+                )
+            self.dataset = rows = [rows[i] for i in keep]
+            prompt_ids = [prompt_ids[i] for i in keep]
+            completion_ids = [completion_ids[i] for i in keep]
         self._prompts, self._prompt_len = sampling.padded(prompt_ids, tok.pad_token_id, dev)
         self._completions, self._completion_len = sampling.padded(
             completion_ids, tok.pad_token_id, dev
@@ -269,7 +374,7 @@ class KTOTrainer:
         return sampling.pairs(
             self._prompts[prompt_rows], self._prompt_len[prompt_rows],
             self._completions[completion_rows], self._completion_len[completion_rows],
-            self.tokenizer.pad_token_id,
+            self.tokenizer.pad_token_id, self.config.max_length,
         )  # fmt: skip
 
     @torch.no_grad()
@@ -277,26 +382,27 @@ class KTOTrainer:
         """log pi_ref of dataset prompts paired with dataset completions, ``SCORE_CHUNK`` rows
         at a time (B,)."""
         out = [
-            sequence_logps_of(self.reference, self._pairs(prompt_rows[i : i + SCORE_CHUNK],
-                                                          completion_rows[i : i + SCORE_CHUNK]))
+            self.logps(self.reference, self._pairs(prompt_rows[i : i + SCORE_CHUNK],
+                                                   completion_rows[i : i + SCORE_CHUNK]))
             for i in range(0, len(prompt_rows), SCORE_CHUNK)
         ]  # fmt: skip
         return torch.cat(out)
 
     def _next_rows(self) -> tuple[list[int], torch.Tensor]:
         """Offline: the next microbatch's dataset rows and the reference log-probs of its
-        mismatched pairs (precomputed when the epoch's order was drawn)."""
+        mismatched pairs (precomputed for the next ``SCORE_CHUNK`` rows of the order)."""
         n = self.config.batch_size
-        if len(self._order) < n:  # a new epoch: reshuffle so microbatches mix both labels
+        if len(self._order) < n:  # a new epoch
             order = list(range(len(self.dataset)))
-            self.rng.shuffle(order)
+            if self.config.order == "shuffled":  # so that microbatches mix both labels
+                self.rng.shuffle(order)
             self._order += order
-            # The pairs of every full microbatch in the order are now fixed: score them all.
-            full = len(self._order) // n * n
-            rows = torch.tensor(self._order[:full], device=self.device).view(-1, n)
-            self._kl_ref = self._score_reference(
-                rows.flatten(), rows[:, self._shift].flatten()
-            )
+        if len(self._kl_ref) < n:  # always 0 then: consumed n at a time
+            # The order fixes the pairs of the next microbatches: score them together, up to
+            # SCORE_CHUNK rows (not the whole epoch, which a short run never reaches).
+            k = max(1, min(len(self._order) // n, SCORE_CHUNK // n))
+            rows = torch.tensor(self._order[: k * n], device=self.device).view(-1, n)
+            self._kl_ref = self._score_reference(rows.flatten(), rows[:, self._shift].flatten())
         rows, kl_ref = self._order[:n], self._kl_ref[:n]
         del self._order[:n]
         self._kl_ref = self._kl_ref[n:]
@@ -314,20 +420,22 @@ class KTOTrainer:
         prompts, completions, labels = self.next_batch()
         n = len(prompts)
         tok = self.tokenizer
-        prompt_ids = tok(list(prompts), add_special_tokens=False)["input_ids"]
-        completion_ids = tok(list(completions), add_special_tokens=False)["input_ids"]
-        completion_ids = [ids[: sampling.MAX_COMPLETION_TOKENS] + [tok.eos_token_id]
-                          for ids in completion_ids]  # fmt: skip
+        prompt_ids, completion_ids = self.encode(prompts, completions)
         p, p_len = sampling.padded(prompt_ids, tok.pad_token_id, self.device)
         c, c_len = sampling.padded(completion_ids, tok.pad_token_id, self.device)
-        shift = self._shift if n == len(self._shift) else torch_ops.mismatched_indices(
-            n, device=self.device)  # fmt: skip
+        shift = self._shift if n == len(self._shift) else mismatched_indices(
+            n, self.config, device=self.device)  # fmt: skip
         both = sampling.pairs(p.repeat(2, 1), p_len.repeat(2), torch.cat([c, c[shift]]),
-                              torch.cat([c_len, c_len[shift]]), tok.pad_token_id)  # fmt: skip
+                              torch.cat([c_len, c_len[shift]]), tok.pad_token_id,
+                              self.config.max_length)  # fmt: skip
         desirable = torch.tensor(labels, dtype=torch.bool, device=self.device)
         return both, desirable, None, None
 
     # -- one optimizer step ---------------------------------------------------------------
+
+    def logps(self, model, batch: dict) -> torch.Tensor:
+        """``sequence_logps_of`` with this run's ``config.logprobs``."""
+        return sequence_logps_of(model, batch, self.config.logprobs)
 
     def step(self) -> dict:
         """One KTO step on one microbatch; returns (and records) its metrics.
@@ -342,11 +450,11 @@ class KTOTrainer:
         batch = {k: v[:n] for k, v in both.items()}
         kl_batch = {k: v[n:] for k, v in both.items()}
 
-        logp_theta = sequence_logps_of(self.policy, batch)
+        logp_theta = self.logps(self.policy, batch)
         with torch.no_grad():
-            kl_logp_theta = sequence_logps_of(self.policy, kl_batch)
+            kl_logp_theta = self.logps(self.policy, kl_batch)
             if logp_ref is None:
-                logp_ref, kl_logp_ref = sequence_logps_of(self.reference, both).split(n)
+                logp_ref, kl_logp_ref = self.logps(self.reference, both).split(n)
         # The estimate before the clamp: shows why "kl" so often reads 0 (lesson 02).
         r_mismatched = (kl_logp_theta - kl_logp_ref).cpu().numpy()
         kl_unclamped = core.z0_estimate(r_mismatched, clamp=False)

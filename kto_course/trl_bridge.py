@@ -5,8 +5,8 @@ model through TRL's production trainer and shows that nothing was lost on the wa
 
 - ``trl_dataset`` / ``trl_config``: the lesson-06 rows and knobs in TRL's format and names;
 - ``run_trl``: TRL's real ``KTOTrainer`` for a few steps, returning its per-step logs;
-- ``run_trl_matching``: the course's math (``torch_ops``) in a plain PyTorch loop that makes
-  exactly TRL's choices, so its per-step ``loss``, ``kl`` and rewards equal TRL's.
+- ``matching_config`` / ``run_trl_matching``: the course's own trainer (``train.KTOTrainer``)
+  with TRL's choices as its knobs, so its per-step ``loss``, ``kl`` and rewards equal TRL's.
 
 What the lesson measures with them (each choice switched back, the unpairing pitfall, the
 overlaid curves) lives in ``kto_course.figures.l07_graduate_to_trl``; the course's names
@@ -22,15 +22,13 @@ import contextlib
 import importlib
 import logging
 import os
-import random
 import tempfile
 import warnings
+from dataclasses import dataclass, field
 
 import torch
 
-from kto_course import torch_ops
-
-# The course's one copy of the KTO loss (keyword arguments only: the name may change).
+from kto_course import train
 
 __all__ = [
     "TRLUnavailable",
@@ -43,6 +41,7 @@ __all__ = [
     "make_trainer",
     "run_trl",
     "step_logs",
+    "matching_config",
     "run_trl_matching",
 ]
 
@@ -285,168 +284,30 @@ def step_logs(trainer) -> list[dict]:
 # -- the course's loop with TRL's choices ------------------------------------------------------
 
 
-def _sequence_logps(logits, input_ids, completion_mask):
-    """The one place this module calls the course's sequence log-prob (its API may change)."""
-    return torch_ops.sequence_logps_from_logits(logits, input_ids, completion_mask.bool())
+# Each of TRL_CHOICES that is a knob of the course's trainer (``train.KTOConfig``), and the
+# knob's value for each of the choice's values. bos, eos and padding are slips, not knobs:
+# ``_Slips`` makes them.
+KNOB_OF_CHOICE = {
+    "optimizer": ("optimizer", {"adamw_fused": "adamw_fused", "adamw": "adamw"}),
+    "schedule": ("schedule", {"linear": "linear", "warmup_constant": "warmup_constant"}),
+    "order": ("order", {"sequential": "sequential", "shuffled": "shuffled"}),
+    "kl_pairing": ("kl_pairing", {"trl": "trl", "halos": "halos"}),
+    "tokenization": ("tokenization", {"joint": "joint", "separate": "separate"}),
+    "logprobs": ("logprobs", {"fused_head": "fused_head", "log_softmax": "log_softmax"}),
+}
+SLIPS = {"bos": ("none", "added"), "eos": ("text", "missing"), "padding": ("right", "left")}
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+def matching_config(steps, choices=None, kl_group=None, device="cpu", **cfg):
+    """The course's ``train.KTOConfig`` in the TRL-matching configuration (lesson 07).
 
-
-def _tokenize(tokenizer, rows, choices, max_length):
-    """(prompt_ids, completion_ids, label) per row, the way ``choices`` says."""
-    out = []
-    eos_text = tokenizer.eos_token if choices["eos"] == "text" else ""
-    bos = [tokenizer.bos_token_id] if choices["bos"] == "added" else []
-    for r in rows:
-        if choices["tokenization"] == "joint":  # TRL: prompt alone and prompt+completion
-            prompt = tokenizer(r["prompt"])["input_ids"]
-            full = tokenizer(r["prompt"] + r["completion"] + eos_text)["input_ids"]
-            n = _common_prefix(prompt, full)
-            prompt_ids, completion_ids = prompt[:n], full[n:]
-        else:  # lesson 06's encode: apart, completion capped at 16 tokens, then <eos>
-            prompt_ids = tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]
-            completion_ids = tokenizer(r["completion"], add_special_tokens=False)["input_ids"]
-            completion_ids = completion_ids[:16]
-            if choices["eos"] == "text":
-                completion_ids = completion_ids + [tokenizer.eos_token_id]
-        prompt_ids = bos + prompt_ids
-        if max_length is not None and len(prompt_ids) >= max_length:
-            continue  # TRL drops rows whose prompt alone fills max_length
-        out.append((prompt_ids, completion_ids, bool(r["label"])))
-    return out
-
-
-def _batches(examples, batch_size, steps, choices, seed, kl_group=None):
-    """``steps`` microbatches: sequential epochs (TRL) or reshuffled epochs (lesson 06).
-
-    Each example gets its KL completion as TRL builds it: rows are cut into chunks of
-    ``batch_size`` in dataset order and the completions rotate by one inside each chunk.
-    ``kl_group`` < ``batch_size`` rotates inside smaller chunks: what each of
-    ``batch_size / kl_group`` processes does with its share of a global batch.
-    """
-    shift = 1 if choices["kl_pairing"] == "trl" else -1  # x_i with y_{i-1} (TRL) or y_{i+1}
-    group = kl_group or batch_size
-    with_kl = []
-    for start in range(0, len(examples), group):
-        chunk = examples[start : start + group]
-        for i, (p, c, y) in enumerate(chunk):
-            with_kl.append((p, c, chunk[(i - shift) % len(chunk)][1], y))
-    rng = random.Random(seed)
-    order: list[int] = []
-    for _ in range(steps):
-        if not order:
-            order = list(range(len(with_kl)))
-            if choices["order"] == "shuffled":
-                rng.shuffle(order)
-        take, order = order[:batch_size], order[batch_size:]
-        batch = [with_kl[i] for i in take]
-        if choices["order"] == "shuffled":  # pairs formed inside the shuffled microbatch
-            n = len(batch)
-            batch = [(p, c, batch[(i - shift) % n][1], y) for i, (p, c, _, y) in enumerate(batch)]
-        yield batch
-
-
-def _collate(seqs, pad_id, max_length, side):
-    """Right (or left) padded ids, attention mask and completion mask of (prompt, completion)."""
-    rows, masks = [], []
-    for p, c in seqs:
-        ids, m = (p + c)[:max_length], ([0] * len(p) + [1] * len(c))[:max_length]
-        rows.append(ids)
-        masks.append(m)
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    att = torch.zeros((len(rows), width), dtype=torch.long)
-    comp = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (r, m) in enumerate(zip(rows, masks, strict=True)):
-        sl = slice(0, len(r)) if side == "right" else slice(width - len(r), width)
-        ids[i, sl], att[i, sl], comp[i, sl] = torch.tensor(r), 1, torch.tensor(m)
-    return ids, att, comp
-
-
-class _HeadLogps(torch.autograd.Function):
-    """log p(target) of ``hidden @ weight.T`` with the arithmetic of TRL's fused LM head on a
-    CPU (one tile): forward ``z_t - (m + log sum exp(z - m))``, backward
-    ``g * (onehot - exp(z - log_z))`` projected back with two matmuls. The same quantity as
-    ``log_softmax(logits)[target]``; only the float rounding differs (~1e-6 in a sequence
-    log-prob), and Adam amplifies that over steps (``choice_effects`` measures it)."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets):
-        z = torch.mm(hidden, weight.t())
-        m = z.amax(-1)
-        log_z = m + torch.log(torch.exp(z - m.unsqueeze(-1)).sum(-1))
-        ctx.save_for_backward(hidden, weight, targets, log_z)
-        return z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_z
-
-    @staticmethod
-    def backward(ctx, grad):
-        hidden, weight, targets, log_z = ctx.saved_tensors
-        z = torch.mm(hidden, weight.t())
-        p = torch.exp(z - log_z.unsqueeze(-1))
-        onehot = torch.arange(z.shape[-1], device=z.device) == targets.unsqueeze(-1)
-        g = torch.zeros_like(z)
-        g += grad.unsqueeze(-1) * (onehot.float() - p)
-        grad_hidden = torch.zeros_like(hidden).addmm_(g, weight)
-        grad_weight = torch.zeros_like(weight).addmm_(g.t(), hidden)
-        return grad_hidden, grad_weight, None
-
-
-def _logps(model, ids, att, comp, kind="fused_head"):
-    """Sequence log-probs log pi(y|x) (B,): SUM over completion tokens (KTO_FACTS notation)."""
-    if kind == "log_softmax":
-        logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits
-        return _sequence_logps(logits, ids, comp)
-    hidden = model.base_model(input_ids=ids, attention_mask=att, use_cache=False)
-    hidden = hidden.last_hidden_state[:, :-1]
-    mask = comp[:, 1:].bool()
-    targets = ids[:, 1:].masked_fill(~mask, 0)
-    per_token = _HeadLogps.apply(
-        hidden.reshape(-1, hidden.shape[-1]), model.get_output_embeddings().weight,
-        targets.reshape(-1),
-    ).view(mask.shape)  # fmt: skip
-    return per_token.masked_fill(~mask, 0).sum(-1)
-
-
-def _optimizer(model, knobs, choices):
-    """AdamW as transformers' Trainer builds it: no weight decay on biases and LayerNorm
-    weights (``Trainer.get_decay_parameter_names``)."""
-    from transformers import Trainer
-
-    decay = set(Trainer.get_decay_parameter_names(None, model))
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in named if n in decay],
-               "weight_decay": knobs["weight_decay"]},
-              {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]  # fmt: skip
-    fused = {"fused": True} if choices["optimizer"] == "adamw_fused" else {}
-    return torch.optim.AdamW(groups, lr=knobs["lr"], betas=tuple(knobs["adam_betas"]), eps=1e-8,
-                             **fused)  # fmt: skip
-
-
-def _schedule(opt, steps, choices, warmup_steps=20):
-    if choices["schedule"] == "linear":  # transformers' get_linear_schedule_with_warmup(0, steps)
-        return torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: max(0.0, (steps - s) / max(1, steps))
-        )
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup_steps))
-
-
-def run_trl_matching(
-    model, ref_model, tokenizer, rows, steps, choices=None, kl_group=None, **cfg
-) -> list[dict]:
-    """The course's KTO step (``torch_ops``) in a plain loop that makes TRL's choices.
-
-    Same arguments and per-step dicts as ``run_trl`` (``loss``, ``kl``, ``rewards/*``,
-    ``logps/*``, ``grad_norm``, ``learning_rate``, ``step``). ``choices`` switches any of
-    ``TRL_CHOICES`` (e.g. ``{"optimizer": "adamw"}``); ``kl_group=8`` with ``batch_size=16``
-    forms the mismatched pairs inside each half of the batch, as 2 processes of 8 do. Also
-    logs ``kl_unclamped``, z0 before the clamp. ``model`` is trained in place.
+    ``cfg``: the course knobs of ``DEFAULTS`` (``batch_size=16`` ...). TRL's choices
+    (``TRL_CHOICES``) become the trainer's knobs: sequential offline reading, linear decay
+    without warmup, joint tokenization with "<eos>" text, ``max_length`` truncation, the
+    fused-head log-probs.
+    ``choices`` switches any of them; ``kl_group`` forms z0's pairs inside groups of that many
+    rows (``pairing_groups``). Returns (config, slips): the bos/eos/padding choices that are not
+    TRL's, which ``_Slips`` applies.
     """
     knobs, raw = _knobs(dict(cfg))
     if raw:
@@ -455,46 +316,70 @@ def run_trl_matching(
     unknown = set(choices) - set(TRL_CHOICES)
     if unknown:
         raise ValueError(f"unknown choice(s) {sorted(unknown)}: use {sorted(TRL_CHOICES)}.")
-    b, max_length = knobs["batch_size"], knobs["max_length"]
+    for name, value in choices.items():
+        allowed = KNOB_OF_CHOICE[name][1] if name in KNOB_OF_CHOICE else SLIPS[name]
+        if value not in allowed:
+            raise ValueError(f"choice {name}={value!r}: use one of {sorted(allowed)}.")
+    b = knobs["batch_size"]
     if knobs["loss_type"] == "kto" and b < 2:
         raise ValueError("Actual (not effective) batch size must be > 1 (z0 needs 2 examples).")
-    device = next(model.parameters()).device
-    model.train()
-    ref_model.eval().requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = _optimizer(model, knobs, choices)
-    sched = _schedule(opt, steps, choices)
-    examples = _tokenize(tokenizer, list(rows), choices, max_length)
-    pad = tokenizer.pad_token_id
-    history = []
-    for step, batch in enumerate(_batches(examples, b, steps, choices, knobs["seed"], kl_group), 1):
-        main = _collate([(p, c) for p, c, _, _ in batch], pad, max_length, choices["padding"])
-        kl = _collate([(p, k) for p, _, k, _ in batch], pad, max_length, choices["padding"])
-        main = [t.to(device) for t in main]
-        kl = [t.to(device) for t in kl]
-        desirable = torch.tensor([y for *_, y in batch], dtype=torch.bool, device=device)
-        kind = choices["logprobs"]
-        with torch.no_grad():
-            kl_logp_theta = _logps(model, *kl, kind=kind)
-        logp_theta = _logps(model, *main, kind=kind)
-        with torch.no_grad():
-            kl_logp_ref = _logps(ref_model, *kl, kind=kind)
-            logp_ref = _logps(ref_model, *main, kind=kind)
-        loss, metrics = torch_ops.batch_kto_loss(
-            logp_theta=logp_theta, logp_ref=logp_ref, desirable=desirable,
-            kl_logp_theta=kl_logp_theta, kl_logp_ref=kl_logp_ref, beta=knobs["beta"],
-            lambda_D=knobs["lambda_D"], lambda_U=knobs["lambda_U"],
-            loss_type=knobs["loss_type"],
-        )  # fmt: skip
-        # z0 before the clamp (not a TRL metric): why "kl" so often reads 0 (lesson 02).
-        kl_unclamped = float((kl_logp_theta - kl_logp_ref).mean())
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, knobs["max_grad_norm"])
-        lr = sched.get_last_lr()[0]  # the rate this step uses (what TRL logs)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        history.append({"loss": loss.item(), **metrics, "kl_unclamped": kl_unclamped,
-                        "grad_norm": float(grad_norm),
-                        "learning_rate": lr, "step": step})  # fmt: skip
-    return history
+    knobs["steps"] = steps
+    trl_knobs = {KNOB_OF_CHOICE[n][0]: KNOB_OF_CHOICE[n][1][choices[n]] for n in KNOB_OF_CHOICE}
+    config = train.KTOConfig(
+        mode="offline", warmup_steps=20, device=device,
+        pairing_groups=1 if kl_group is None else b // kl_group,
+        threads=torch.get_num_threads(),  # leave the thread count as the caller has it
+        **knobs, **trl_knobs,
+    )  # fmt: skip
+    slips = {n: choices[n] for n in SLIPS if choices[n] != SLIPS[n][0]}
+    return config, slips
+
+
+def run_trl_matching(
+    model, ref_model, tokenizer, rows, steps, choices=None, kl_group=None, **cfg
+) -> list[dict]:
+    """The course's own trainer (``train.KTOTrainer``) in the TRL-matching configuration.
+
+    Same arguments and per-step dicts as ``run_trl`` (``loss``, ``kl``, ``rewards/*``,
+    ``logps/*``, ``grad_norm``, ``learning_rate``, ``step``), plus ``kl_unclamped``, z0 before
+    the clamp. ``choices`` switches any of ``TRL_CHOICES`` (e.g. ``{"optimizer": "adamw"}``);
+    ``kl_group=8`` with ``batch_size=16`` forms the mismatched pairs inside each half of the
+    batch, as 2 processes of 8 do. ``model`` is trained in place.
+    """
+    device = str(next(model.parameters()).device)
+    config, slips = matching_config(steps, choices, kl_group, device=device, **cfg)
+    trainer = _Slips(model, ref_model, tokenizer, config, dataset=list(rows), slips=slips)
+    return [trainer.step() for _ in range(steps)]
+
+
+@dataclass
+class _Slips(train.KTOTrainer):
+    """``train.KTOTrainer`` with common slips (``SLIPS``): a BOS added, no EOS, left padding."""
+
+    slips: dict = field(default_factory=dict)
+
+    def encode(self, prompts, completions):
+        prompt_ids, completion_ids = super().encode(prompts, completions)
+        eos = self.tokenizer.eos_token_id
+        if self.slips.get("bos") == "added":
+            prompt_ids = [[self.tokenizer.bos_token_id] + ids for ids in prompt_ids]
+        if self.slips.get("eos") == "missing":
+            completion_ids = [ids[:-1] if ids and ids[-1] == eos else ids
+                              for ids in completion_ids]  # fmt: skip
+        return prompt_ids, completion_ids
+
+    def _pairs(self, prompt_rows, completion_rows):
+        batch = super()._pairs(prompt_rows, completion_rows)
+        if self.slips.get("padding") != "left":
+            return batch
+        # Left padding to max_length with the plain forward's positions 0..W-1: each row moves
+        # right by its padding, so its tokens sit at other positions than TRL gives them. One
+        # width for every batch, so the precomputed reference sees the same shift as the policy.
+        pad = self.tokenizer.pad_token_id
+        ids, width = batch["input_ids"], self.config.max_length or batch["input_ids"].shape[1]
+        extra = width - ids.shape[1]
+        batch = {k: torch.nn.functional.pad(v, (0, extra), value=pad if k == "input_ids" else 0)
+                 for k, v in batch.items()}  # fmt: skip
+        length = batch["attention_mask"].sum(1, keepdim=True)
+        src = (torch.arange(width, device=length.device).unsqueeze(0) + length) % width
+        return {k: v.gather(1, src) for k, v in batch.items()}

@@ -1,7 +1,7 @@
 """The course's names against TRL's, both ways (lesson 07, "graduate to TRL").
 
 - ``trl_kwargs``: the course's ``train.KTOConfig`` as keyword arguments of TRL's ``KTOConfig``,
-  for the comparison in which TRL and the course's TRL-matching loop take the same steps;
+  for the comparison in which TRL and the course's TRL-matching trainer take the same steps;
 - ``course_knobs``: the same config as the knobs of ``trl_bridge.run_trl_matching``;
 - ``from_trl_logs``: one of TRL's logged dicts read back as the lesson-03 quantities (the mean
   log-ratio r per label, z0, the mean margin delta = r - z0 per label).
@@ -18,7 +18,7 @@ __all__ = ["MATCHING_SCHEDULE", "course_knobs", "trl_kwargs", "from_trl_logs"]
 # The schedule of the TRL-matching comparison: TRL's linear decay to 0 over max_steps, no
 # warmup. The course's lesson-06 loop warms up for config.warmup_steps and then stays constant;
 # transformers' warmup starts at lr 0 (step s gets s / warmup), the course's at lr / warmup, so
-# no TRL setting reproduces it exactly: the matching loop takes TRL's schedule instead.
+# no TRL setting reproduces it exactly: the matching run takes TRL's schedule instead.
 MATCHING_SCHEDULE = {"lr_scheduler_type": "linear", "warmup_steps": 0}
 
 
@@ -42,7 +42,7 @@ def course_knobs(config) -> dict:
 def trl_kwargs(config, num_processes: int = 1) -> dict:
     """Keyword arguments of TRL's ``KTOConfig`` that train like the course's ``config``.
 
-    ``config.batch_size`` is the number of rows in one optimizer step (the course's loop runs
+    ``config.batch_size`` is the number of rows in one optimizer step (the course's trainer runs
     on one process); TRL's ``per_device_train_batch_size`` is per PROCESS, so on
     ``num_processes`` processes each gets ``batch_size / num_processes`` rows and the global
     batch stays the same. The schedule is the matching one (``MATCHING_SCHEDULE``), not

@@ -482,14 +482,18 @@ LESSONS: dict[str, tuple[Demo, ...]] = {
 # that lesson exists. The cheapest lesson with a demo: Run All executes every cell.
 LAB_LESSON = "03_value_and_loss"
 
-# Seconds a lesson's Voila page may take to execute and show its demos (lesson 06 trains, in
-# quick mode).
-LOAD_S: dict[str, float] = {"06_tiny_gpt2_kto": 300.0}
+# Lessons without a demo, opened in JupyterLab and run with Run All only: the text their
+# outputs must show at the end (proof that the lesson's real work ran, not a skip message).
+RUN_ALL_SHOWS = {"07_graduate_to_trl": "max |diff| loss"}
+
+# Seconds a lesson's page may take to execute and show its demos (lesson 06 trains, lesson 07
+# runs TRL, both in quick mode).
+LOAD_S: dict[str, float] = {"06_tiny_gpt2_kto": 300.0, "07_graduate_to_trl": 300.0}
 DEFAULT_LOAD_S = 120.0
 
 
 def specs_for(lesson: str) -> tuple[Demo, ...]:
-    return FIXTURE_DEMOS if lesson == FIXTURE else LESSONS[lesson]
+    return FIXTURE_DEMOS if lesson == FIXTURE else LESSONS.get(lesson, ())
 
 
 # =============================================================================================

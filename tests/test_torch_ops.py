@@ -222,3 +222,15 @@ def test_kto_loss_on_cuda_matches_cpu():
     assert gpu_loss.device.type == "cuda"
     assert gpu_loss.item() == pytest.approx(cpu_loss.item(), rel=1e-10)
     assert gpu_m == pytest.approx(cpu_m)
+
+
+def test_head_token_logps_is_log_softmax_with_trls_rounding():
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(12, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(30, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 30, (12,), generator=g)
+    want = torch.log_softmax(hidden @ weight.T, -1).gather(-1, targets[:, None]).squeeze(-1)
+    got = torch_ops.head_token_logps(hidden, weight, targets)
+    assert torch.allclose(got, want, atol=1e-12)
+    # The hand-written backward is the autograd of the same quantity.
+    assert torch.autograd.gradcheck(torch_ops.head_token_logps, (hidden, weight, targets))

@@ -14,7 +14,16 @@ import torch
 from kto_course import cli, core, demos, figures
 from kto_course.lm import load_model, load_reference, task
 from kto_course.lm.sampling import encode
-from kto_course.train import GPU_PRESET, KTOConfig, KTOTrainer, from_reference, sequence_logps_of
+from kto_course.train import (
+    GPU_PRESET,
+    KTOConfig,
+    KTOTrainer,
+    encode_rows,
+    from_reference,
+    learning_rate_factor,
+    mismatched_indices,
+    sequence_logps_of,
+)
 
 
 def _trainer(**overrides) -> KTOTrainer:
@@ -122,6 +131,10 @@ def test_save_and_load_round_trip(tmp_path):
         ({"mode": "sideways"}, "mode must be"),
         ({"device": "tpu"}, "unknown device"),
         ({"mode": "offline", "offline_size": 4}, "fewer than one microbatch"),
+        ({"batch_size": 16, "pairing_groups": 3}, "equal parts of at least 2"),
+        ({"batch_size": 4, "pairing_groups": 4}, "equal parts of at least 2"),
+        ({"schedule": "cosine"}, "schedule must be"),
+        ({"max_length": 1}, "max_length must be"),
     ],
 )
 def test_bad_config_fails_before_training(overrides, words):
@@ -277,6 +290,78 @@ def test_fused_and_plain_adamw_give_the_same_losses():
         trainer = KTOTrainer(load_reference()[0], reference, tokenizer, config, dataset=rows)
         losses[optimizer] = [trainer.step()["loss"] for _ in range(8)]
     assert losses["adamw_fused"] == pytest.approx(losses["adamw"], abs=1e-5)
+
+
+# -- the knobs lesson 07 sets to TRL's choices --------------------------------------------------
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_mismatched_pairs_stay_inside_their_group(groups):
+    shift = mismatched_indices(16, KTOConfig(pairing_groups=groups)).tolist()
+    size = 16 // groups
+    assert sorted(shift) == list(range(16))  # every completion used once
+    for i, j in enumerate(shift):
+        assert j != i and j // size == i // size  # never itself, never another group's
+        assert j == i // size * size + (i - 1) % size  # TRL: x_i with y_{i-1} in its group
+    halos = mismatched_indices(8, KTOConfig(kl_pairing="halos")).tolist()
+    assert halos == [1, 2, 3, 4, 5, 6, 7, 0]
+
+
+def test_schedules():
+    linear = learning_rate_factor(KTOConfig(schedule="linear", steps=10))
+    assert [linear(s) for s in (0, 5, 10, 11)] == [1.0, 0.5, 0.0, 0.0]  # no warmup, decay to 0
+    warm = learning_rate_factor(KTOConfig(warmup_steps=4))
+    assert [warm(s) for s in (0, 3, 100)] == [0.25, 1.0, 1.0]
+
+
+def test_sequential_order_reads_the_rows_as_given():
+    rows = _offline_rows()
+    reference, tokenizer = load_reference()
+    for order, expect_sorted in (("sequential", True), ("shuffled", False)):
+        config = KTOConfig(mode="offline", batch_size=8, offline_size=48, device="cpu",
+                           threads=1, order=order)  # fmt: skip
+        trainer = KTOTrainer(load_reference()[0], reference, tokenizer, config, dataset=rows)
+        seen = [trainer._next_rows()[0] for _ in range(6)]
+        assert (sum(seen, []) == list(range(48))) is expect_sorted
+
+
+def test_joint_tokenization_and_max_length():
+    _, tokenizer = load_reference()
+    rows = _offline_rows(8)
+    prompts, completions = [r["prompt"] for r in rows], [r["completion"] for r in rows]
+    joint = encode_rows(tokenizer, prompts, completions, KTOConfig(tokenization="joint"))
+    apart = encode_rows(tokenizer, prompts, completions, KTOConfig())
+    eos = tokenizer.eos_token_id
+    for p, c, text_p, text_c in zip(*joint, prompts, completions, strict=True):
+        assert c[-1] == eos and tokenizer.decode(p + c[:-1]) == text_p + text_c
+    # The tiny BPE never merges across the prompt/completion boundary: the same ids both ways.
+    assert joint == apart
+    # A prompt that fills max_length leaves no completion: the row is dropped, as TRL does;
+    # the others are cut after max_length tokens.
+    limit = max(len(p) for p in joint[0]) + 3
+    long_row = {**rows[0], "prompt": rows[0]["prompt"] * 3}
+    config = KTOConfig(mode="offline", batch_size=2, offline_size=8, device="cpu", threads=1,
+                       tokenization="joint", max_length=limit)  # fmt: skip
+    reference, _ = load_reference()
+    trainer = KTOTrainer(load_reference()[0], reference, tokenizer, config,
+                         dataset=[long_row, *rows])  # fmt: skip
+    assert trainer.dataset == rows
+    lengths = trainer._pairs(*[torch.arange(8)] * 2)["attention_mask"].sum(1)
+    assert int(lengths.max()) == limit
+
+
+def test_fused_head_logps_equal_log_softmax_and_their_gradients():
+    model, tokenizer = load_reference()
+    rows = _offline_rows(6)
+    batch = encode(tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows])
+    values, grads = {}, {}
+    for kind in ("log_softmax", "fused_head"):
+        model.zero_grad()
+        values[kind] = sequence_logps_of(model, batch, kind)
+        values[kind].sum().backward()
+        grads[kind] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert torch.allclose(values["fused_head"], values["log_softmax"], atol=1e-4)
+    assert torch.allclose(grads["fused_head"], grads["log_softmax"], atol=1e-4)
 
 
 @pytest.mark.cuda

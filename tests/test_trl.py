@@ -2,7 +2,7 @@
 
 - the course's KTO loss against TRL's own loss code (``KTOTrainer._compute_loss`` driven with
   precomputed reference log-probs and a stub model whose log-probs the test sets);
-- 20 steps of the course's TRL-matching loop against TRL's real trainer;
+- 20 steps of the course's TRL-matching trainer against TRL's real trainer;
 - the 2-process ``accelerate launch`` run (slow) and the launcher's bad-input messages.
 
 Skipped only when TRL is not installed; CI sets KTO_COURSE_REQUIRE_TRL=1 so that a missing TRL
@@ -33,7 +33,7 @@ if not os.environ.get("KTO_COURSE_REQUIRE_TRL"):
 
 from kto_course import figures, torch_ops, trl_bridge, trl_launch  # noqa: E402
 from kto_course.lm import load_reference  # noqa: E402
-from kto_course.train import make_offline_dataset  # noqa: E402
+from kto_course.train import KTOTrainer, make_offline_dataset  # noqa: E402
 
 SHARED = ("kl", "rewards/chosen", "rewards/rejected", "rewards/margins",
           "logps/chosen", "logps/rejected")  # fmt: skip
@@ -165,7 +165,7 @@ def test_loss_matches_trl_compute_loss(trl_trainer, labels, beta, wd, wu, loss_t
     assert extra <= {"entropy", "num_tokens", "logits/chosen", "logits/rejected"}
 
 
-# -- 20 steps: the course's loop against TRL's trainer ---------------------------------------------
+# -- 20 steps: the course's trainer against TRL's --------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -180,20 +180,57 @@ def fresh_pair():
     return policy, reference
 
 
-def test_matching_loop_reproduces_trl_for_20_steps(lesson_rows):
+def test_course_trainer_in_trl_matching_config_reproduces_trl_for_20_steps(lesson_rows):
     rows, tok = lesson_rows
     trl_steps = trl_bridge.run_trl(*fresh_pair(), tok, rows, 20, batch_size=16)
-    ours = trl_bridge.run_trl_matching(*fresh_pair(), tok, rows, 20, batch_size=16)
+    # Lesson 06's own trainer, with TRL's choices as its knobs (what run_trl_matching runs).
+    config, slips = trl_bridge.matching_config(20, batch_size=16)
+    assert slips == {}
+    assert (config.schedule, config.order, config.tokenization, config.logprobs,
+            config.max_length) == ("linear", "sequential", "joint", "fused_head", 32)  # fmt: skip
+    trainer = KTOTrainer(*fresh_pair(), tok, config, dataset=rows)
+    ours = [trainer.step() for _ in range(20)]
     assert [s["step"] for s in trl_steps] == list(range(1, 21))
     for name in PARITY:
         assert figures.max_diff(ours, trl_steps, name) <= 1e-5, name
     assert all(math.isfinite(s["loss"]) for s in ours)
 
 
-def test_matching_loop_refuses_batch_of_one(lesson_rows):
+def test_matching_run_refuses_batch_of_one_and_unknown_choices(lesson_rows):
     rows, tok = lesson_rows
     with pytest.raises(ValueError, match="batch size must be > 1"):
         trl_bridge.run_trl_matching(*fresh_pair(), tok, rows, 1, batch_size=1)
+    with pytest.raises(ValueError, match="unknown choice"):
+        trl_bridge.matching_config(1, choices={"precision": "bf16"})
+    with pytest.raises(ValueError, match="choice padding='middle'"):
+        trl_bridge.matching_config(1, choices={"padding": "middle"})
+    with pytest.raises(TypeError, match="unknown settings: warmup"):
+        trl_bridge.matching_config(1, warmup=3)
+
+
+def test_slips_change_the_tokens_the_way_they_say(lesson_rows):
+    rows, tok = lesson_rows
+    rows = rows[:4]
+    plain = trl_bridge.matching_config(1, batch_size=2)[0]
+    trainers = {}
+    for name, value in (("none", None), ("bos", "added"), ("eos", "missing"), ("padding", "left")):
+        config, slips = trl_bridge.matching_config(1, choices={name: value} if value else None,
+                                                   batch_size=2)  # fmt: skip
+        assert config == plain and slips == ({name: value} if value else {})
+        trainers[name] = trl_bridge._Slips(*fresh_pair(), tok, config, dataset=rows, slips=slips)
+    idx = torch.arange(4)
+    batch = {name: t._pairs(idx, idx) for name, t in trainers.items()}
+    right, left = batch["none"], batch["padding"]
+    assert torch.equal(batch["bos"]["input_ids"][:, 0], torch.full((4,), tok.bos_token_id))
+    eos_count = {k: int((b["input_ids"] == tok.eos_token_id).sum()) for k, b in batch.items()}
+    assert eos_count["none"] == 4 and eos_count["eos"] == 0
+    # Left padding: the same tokens, moved to the right end of a max_length-wide row.
+    assert left["input_ids"].shape[1] == plain.max_length
+    for i in range(4):
+        n = int(right["attention_mask"][i].sum())
+        assert torch.equal(left["input_ids"][i, -n:], right["input_ids"][i, :n])
+        assert torch.equal(left["completion_mask"][i, -n:], right["completion_mask"][i, :n])
+        assert not left["attention_mask"][i, :-n].any()
 
 
 def test_trl_config_is_the_matching_setup():

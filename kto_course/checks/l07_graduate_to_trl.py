@@ -1,5 +1,5 @@
 """Lesson 07, graduate to TRL: checks of the course's config as TRL's keyword arguments (run
-through TRL and the course's TRL-matching loop), TRL's logged metrics read back as r, z0 and
+through TRL and the course's TRL-matching trainer), TRL's logged metrics read back as r, z0 and
 delta, and z0 across processes the way TRL and HALOs form it."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ _KNOB = {
     "loss_type": "loss_type", "max_grad_norm": "max_grad_norm", "adam_beta1": "adam_betas",
     "adam_beta2": "adam_betas", "weight_decay": "weight_decay", "seed": "seed",
 }  # fmt: skip
-_RUN_STEPS = 3  # optimizer steps of TRL and of the course's loop that the check compares
+_RUN_STEPS = 3  # optimizer steps of TRL and of the course's trainer that the check compares
 
 
 def _course_config(rng, batch_size: int, loss_type: str = "kto"):
@@ -112,7 +112,7 @@ def _kwargs_problem(got: dict, config, n: int) -> str | None:
         return "TRL's beta is not the course's beta (the same name, the same meaning)."
     if "warmup_steps" in wrong and got["warmup_steps"] == config.warmup_steps:
         return (
-            "you kept lesson 06's warmup: in the TRL-matching configuration the course's loop "
+            "you kept lesson 06's warmup: in the TRL-matching configuration the course's trainer "
             "takes TRL's schedule (linear decay to 0, no warmup); transformers' warmup would "
             "also start at a learning rate of 0 on step 1, unlike lesson 06's."
         )
@@ -187,7 +187,7 @@ def _rows(rng, n: int = 48) -> list[dict]:
 
 def _run_both(kwargs: dict, config, rng) -> None:
     """A few steps of TRL with the learner's keyword arguments (plus the fixed TRL-matching
-    settings) against the course's TRL-matching loop with ``config``: the same per-step loss,
+    settings) against the course's TRL-matching trainer with ``config``: the same per-step loss,
     kl and rewards to 1e-5, or CheckFailed."""
     from kto_course import figures, trl_bridge
     from kto_course.lm import load_reference
@@ -209,14 +209,14 @@ def _run_both(kwargs: dict, config, rng) -> None:
     if len(trl_steps) != len(ours):
         raise CheckFailed(
             f"with your keyword arguments TRL logged {len(trl_steps)} optimizer steps where the "
-            f"course's loop took {len(ours)}: look at what sets the number of steps and the "
+            f"course's trainer took {len(ours)}: look at what sets the number of steps and the "
             "logging interval."
         )
     for metric in figures.PARITY_METRICS:
         diff = figures.max_diff(ours, trl_steps, metric)
         if not diff <= 1e-5:
             raise CheckFailed(
-                f"every knob reaches TRL, but TRL's run still differs from the course's loop in "
+                f"every knob reaches TRL, but TRL's run still differs from the course's trainer in "
                 f"{metric}: something else you passed changes training (precision, gradient "
                 "accumulation or checkpointing, the optimizer, the sampler...). Pass only the "
                 "knobs the course's config sets."
@@ -225,7 +225,7 @@ def _run_both(kwargs: dict, config, rng) -> None:
 
 def check_trl_kwargs(trl_kwargs, hidden: bool = False) -> None:
     """Lesson 07, exercise 1: the course's KTOConfig as keyword arguments of TRL's KTOConfig,
-    checked field by field and then by running a few steps of TRL and of the course's loop."""
+    checked field by field and then by running a few steps of TRL and of the course's trainer."""
     from kto_course import trl_bridge
 
     try:

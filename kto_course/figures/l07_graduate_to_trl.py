@@ -1,6 +1,6 @@
 """Lesson 07, graduate to TRL: what the lesson measures about TRL's ``KTOTrainer`` and draws.
 
-- ``parity_curves``: TRL's per-step metrics and the course's TRL-matching loop, overlaid;
+- ``parity_curves``: TRL's per-step metrics and the course's TRL-matching trainer, overlaid;
 - ``parity_table``: the same runs as rows of numbers, with the largest difference per metric;
 - ``choice_effects``: each of TRL's choices switched to the course's (``COURSE_CHOICES``), one
   at a time, and how far the run then moves from TRL's;
@@ -42,8 +42,8 @@ COURSE_CHOICES = {
     "bos": "added",  # a BOS token in front of every prompt
     "eos": "missing",  # no EOS at the end of the completion
     "tokenization": "separate",  # prompt and completion tokenized apart (lesson 06's encode)
-    "padding": "left",  # left padding without position ids (wrong logits in a plain forward)
-    "logprobs": "log_softmax",  # torch_ops.sequence_logps: log_softmax of the full logits
+    "padding": "left",  # left padding to max_length without position ids (wrong positions)
+    "logprobs": "log_softmax",  # lesson 06: log_softmax of the full logits (sequence_logps_of)
 }
 
 
@@ -62,7 +62,7 @@ def choice_effects(make_models, tokenizer, rows, steps=20, trl_history=None, nam
     """Max per-step loss difference against TRL when ONE choice takes the course's value.
 
     ``make_models()`` returns a fresh (policy, reference) pair. Returns
-    ``{"trl_matching": d0, choice: d, ...}``: d0 is the matching loop itself (~0), each other
+    ``{"trl_matching": d0, choice: d, ...}``: d0 is the matching run itself (~0), each other
     entry switches only that choice to ``COURSE_CHOICES[choice]``. With ``metrics`` (e.g.
     ``PARITY_METRICS``) each entry is ``{metric: max diff}`` instead. Measured, not asserted.
     """
@@ -145,7 +145,7 @@ def _series(history: list[dict], key: str) -> np.ndarray:
 
 
 def parity_curves(trl_history: list[dict], ours: list[dict], metrics=PARITY_METRICS):
-    """Lesson 07: TRL's per-step metrics (thick, light) with the course's matching loop on top
+    """Lesson 07: TRL's per-step metrics (thick, light) with the course's matching run on top
     (thin, dark), one panel per metric, and below each the |difference| on a log scale.
 
     Returns the figure (``figures.new_figure``, never pyplot)."""

@@ -50,14 +50,18 @@ def padded(rows: list[list[int]], pad_id: int, device="cpu") -> tuple[torch.Tens
 
 
 def pairs(prompts: torch.Tensor, prompt_len: torch.Tensor, completions: torch.Tensor,
-          completion_len: torch.Tensor, pad_id: int) -> dict[str, torch.Tensor]:  # fmt: skip
+          completion_len: torch.Tensor, pad_id: int,
+          max_length: int | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """``encode``'s batch from padded token tensors, in a few tensor ops (no per-row work).
 
     Row i is ``prompts[i, :prompt_len[i]]`` followed by ``completions[i, :completion_len[i]]``
     (the completion's tokens INCLUDING its <eos>), then <pad>. Index the inputs first to pair
-    prompt i with another row's completion (z0's mismatched pairs).
+    prompt i with another row's completion (z0's mismatched pairs). ``max_length`` cuts each
+    row after that many tokens (TRL's truncation).
     """
     total = prompt_len + completion_len
+    if max_length is not None:
+        total = total.clamp(max=max_length)
     width = int(total.max())
     t = torch.arange(width, device=prompts.device).unsqueeze(0)
     in_prompt = t < prompt_len.unsqueeze(1)
