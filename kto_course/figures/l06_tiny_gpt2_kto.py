@@ -1,4 +1,5 @@
-"""Lesson 06, KTO on a tiny GPT-2: a run's training curves; each model's first adjective."""
+"""Lesson 06, KTO on a tiny GPT-2: a run's training curves; each model's first adjective; the
+log-probs of the tokens every completion ends with."""
 
 from __future__ import annotations
 
@@ -9,7 +10,32 @@ from kto_course.figures.base import COLOR_D, COLOR_U, new_figure, readout_html
 __all__ = [
     "training_curves",
     "adjective_bars",
+    "ending_logps",
 ]
+
+
+def ending_logps(model, tokenizer, rows: list[dict]) -> dict[str, float]:
+    """Mean log pi of the two tokens every well-formed completion ends with, "." and <eos>, at
+    their places in ``rows``' well-formed completions (lesson 06: what offline KTO at a small
+    beta lowers for every sequence at once)."""
+    import torch
+
+    from kto_course import torch_ops
+    from kto_course.lm import sampling, task
+
+    rows = [r for r in rows if task.is_well_formed(r["completion"])]
+    if not rows:
+        raise ValueError("no well-formed completion among the rows: nothing ends with '.'.")
+    batch = sampling.encode(tokenizer, [r["prompt"] for r in rows],
+                            [r["completion"] for r in rows])  # fmt: skip
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        token_logps = torch_ops.token_logps(logits.logits, batch["input_ids"])
+    # token_logps[:, t] predicts token t + 1; the completion's last token (t + 1) is <eos>.
+    last = batch["completion_mask"].long().cumsum(1).argmax(1) - 1
+    rows_ = torch.arange(len(rows))
+    return {"<eos>": float(token_logps[rows_, last].mean()),
+            ".": float(token_logps[rows_, last - 1].mean())}  # fmt: skip
 
 
 def _series(rows: list[dict], key: str) -> np.ndarray:

@@ -41,3 +41,26 @@ def test_checks_reject_non_answers():
             check(name)(not_done)
         with pytest.raises(checks.CheckFailed, match="None"):
             check(name)(returns_none)
+
+
+def test_ending_logps_reads_the_last_two_tokens_of_each_completion():
+    from kto_course import figures
+    from kto_course.lm import load_reference
+
+    model, tokenizer = load_reference()
+    prompts = [task.make_prompt("soup", "5 stars"), task.make_prompt("film", "1 star")]
+    completions = [task.make_completion(*words) for words in (task.POSITIVE[:2], task.NEGATIVE[:2])]
+    rows = [{"prompt": p, "completion": c, "label": True}
+            for p, c in zip(prompts, completions, strict=True)]  # fmt: skip
+    want = {".": [], "<eos>": []}
+    for p, c in zip(prompts, completions, strict=True):  # one row at a time, no padding
+        ids = tokenizer(p + c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0], -1)
+        assert tokenizer.convert_ids_to_tokens(ids[-2]) == "."
+        want["."].append(float(logp[-3, ids[-2]]))
+        want["<eos>"].append(float(logp[-2, ids[-1]]))
+    got = figures.ending_logps(model, tokenizer, rows)
+    assert got == pytest.approx({k: float(np.mean(v)) for k, v in want.items()}, abs=1e-5)
+    with pytest.raises(ValueError, match="no well-formed completion"):
+        figures.ending_logps(model, tokenizer, [{"prompt": prompts[0], "completion": " meh"}])
