@@ -108,13 +108,12 @@ def check_mismatched_log_ratios(mismatched_log_ratios, hidden: bool = False) -> 
             (
                 np.diag(logp_theta) - np.diag(logp_ref),
                 f"you used the diagonal: {_OWN_COMPLETION}. Those are the labelled pairs; z0 "
-                "needs the mismatched ones, logp[i, idx[i]] with idx = "
-                "core.mismatched_indices(B).",
+                "needs the mismatched ones, which core.mismatched_indices(B) names.",
             ),
             (
                 logp_theta[idx, rows] - logp_ref[idx, rows],
-                "you read logp[idx[i], i]: rows are prompts and columns completions, "
-                "logp[i, j] = log pi(y_j | x_i), so x_i's mismatched pair is logp[i, idx[i]].",
+                "you swapped rows and columns: rows are prompts and columns completions, "
+                "logp[i, j] = log pi(y_j | x_i).",
             ),
             (
                 logp_theta[rows, halos] - logp_ref[rows, halos],
