@@ -2,6 +2,7 @@
 
 Instructor: generate_assignment, release_assignment; student: fetch_assignment, answer, submit;
 instructor: collect, autograde, generate_feedback (no hidden test in the HTML), export (CSV).
+The instructor's commands are the course README's, run exactly as written in a fresh bash.
 The exchange is a temporary folder inside the course. One lesson is enough: the fixture lesson
 (the grading of every real lesson is tested in test_grading.py).
 """
@@ -41,22 +42,52 @@ def nbgrader(*args, cwd: Path, env: dict) -> str:
     return done.stdout + done.stderr
 
 
+def readme_commands(readme: str) -> tuple[list[str], list[str]]:
+    """The instructor README's command block: its two setup lines, then each command."""
+    block = [line[4:] for line in readme.splitlines() if line.startswith("    ")]
+    block = [line.split("  #")[0].rstrip() for line in block if line.strip()]
+    setup = block[:2]
+    assert setup[0].startswith("export PATH=") and setup[1].startswith("cd "), setup
+    return setup, [line for line in block[2:] if not line.startswith("#")]
+
+
+def run_as_written(setup: list[str], command: str, env: dict) -> str:
+    """A README command exactly as written, in a fresh bash after the README's setup lines."""
+    script = "\n".join([*setup, command])
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, f"{command!r} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
 @pytest.fixture(scope="module")
 def classroom(tmp_path_factory):
-    """Run the whole flow once; the paths the tests look at."""
+    """Run the whole flow once, the instructor's side with the README's commands exactly as
+    written; the paths and outputs the tests look at."""
     base = tmp_path_factory.mktemp("classroom")
     course = base / "course"
     assert cli.main(["course", str(course), "--solutions-dir", str(FIXTURE_SOLUTIONS)]) == 0
-    env = dict(os.environ)
-    # nbgrader finds `alembic` and the kernel next to this Python; no personal Jupyter config.
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    setup, commands = readme_commands((course / "README.md").read_text())
+    # A person's shell: no venv on PATH (the README's first line adds it), no personal config.
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if Path(p) != Path(sys.executable).parent)  # fmt: skip
     env["JUPYTER_CONFIG_DIR"] = str(base / "jupyter-config")
     exchange = course / "exchange"
+    outputs = {}
+    for command in commands:
+        if command.startswith("nbgrader collect"):
+            _student_submits(base, exchange, env)
+        outputs[command.split()[1]] = run_as_written(setup, command, env)
+    # The formgrader the README points to: nbgrader's server extension, on in that environment.
+    extensions = run_as_written(setup, "jupyter server extension list", env)
+    return {"course": course, "student": getpass.getuser(), "outputs": outputs,
+            "extensions": extensions}  # fmt: skip
 
-    nbgrader("generate_assignment", LESSON, cwd=course, env=env)
-    nbgrader("release_assignment", LESSON, cwd=course, env=env)
 
-    # The student works in their own home, with the course id and exchange in their config.
+def _student_submits(base: Path, exchange: Path, env: dict) -> None:
+    """The student works in their own home, with the course id and exchange in their flags."""
+    env = {**env, "PATH": str(Path(sys.executable).parent) + os.pathsep + env["PATH"]}
     home = base / "student"
     home.mkdir()
     student_flags = [f"--Exchange.root={exchange}", "--CourseDirectory.course_id=kto-course"]
@@ -69,11 +100,16 @@ def classroom(tmp_path_factory):
     nbformat.write(nb, fetched)
     nbgrader("submit", LESSON, *student_flags, cwd=home, env=env)
 
-    nbgrader("collect", LESSON, cwd=course, env=env)
-    nbgrader("autograde", LESSON, cwd=course, env=env)
-    nbgrader("generate_feedback", LESSON, cwd=course, env=env)
-    nbgrader("export", cwd=course, env=env)
-    return {"course": course, "student": getpass.getuser()}
+
+def test_readme_commands_ran_as_written(classroom):
+    outputs = classroom["outputs"]
+    assert list(outputs) == ["generate_assignment", "release_assignment", "collect", "autograde",
+                             "generate_feedback", "release_feedback", "export"]  # fmt: skip
+    assert "formgrader" not in " ".join(outputs)  # not an nbgrader command
+    formgrader = r"nbgrader\.server_extensions\.formgrader\s+\S*enabled"
+    assert re.search(formgrader, classroom["extensions"]), classroom["extensions"]
+    # An honest submission: nbgrader issue #1961's false "checksum changed" alarm is gone.
+    assert "checksum" not in outputs["autograde"], outputs["autograde"]
 
 
 def test_course_layout(classroom):
@@ -92,16 +128,10 @@ def test_course_layout(classroom):
     ):
         assert setting in config
     readme = (course / "README.md").read_text()
-    for command in (
-        "generate_assignment",
-        "release_assignment",
-        "collect",
-        "autograde",
-        "formgrader",
-        "generate_feedback",
-        "export",
-    ):
+    for command in ("generate_assignment", "release_assignment", "collect", "autograde",
+                    "generate_feedback", "export"):  # fmt: skip
         assert f"nbgrader {command}" in readme
+    assert "Nbgrader -> Formgrader" in readme and "nbgrader formgrader" not in readme
 
 
 def test_collected_and_autograded(classroom):
@@ -146,3 +176,20 @@ def test_course_from_the_real_lessons_has_every_lesson(tmp_path):
             SOLUTIONS / f"{name}.ipynb"
         ).read_bytes()
         assert f"`{name}`" in (course / "README.md").read_text()
+
+
+def test_restore_locked_cells_tells_a_released_cell_from_an_edited_one():
+    from types import SimpleNamespace
+
+    from kto_course.grading.nbgrader_app import _released, _same
+
+    source = SimpleNamespace(
+        cell_type="code",
+        source="checks.check_add(add)\n### BEGIN HIDDEN TESTS\n"
+        "checks.check_add(add, hidden=True)\n### END HIDDEN TESTS",
+    )
+    released = _released(source)
+    assert released.strip() == "checks.check_add(add)"
+    assert _same("checks.check_add(add)  \n", released)  # what the student version shows
+    assert not _same("pass", released)  # an edit: OverwriteCells restores and reports it
+    assert not _same(source.source, released)

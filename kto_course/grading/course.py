@@ -8,6 +8,7 @@ README with the instructor's nbgrader commands. Called by cli.py and test_classr
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 from kto_course.grading.nbgrader_app import (
@@ -61,20 +62,32 @@ _README_TEMPLATE = """\
 Made by `kto-course course`. Every lesson is an assignment of the same name:
 {lesson_list}
 
-Run these from this directory (`cd {root}`); `nbgrader_config.py` here holds the settings.
-The exchange is `{exchange}`: students need the same `c.Exchange.root` and
-`c.CourseDirectory.course_id = {course_id!r}` in their own `~/.jupyter/nbgrader_config.py`.
+`nbgrader_config.py` here holds the settings. The exchange is `{exchange}`: students need
+the same `c.Exchange.root` and `c.CourseDirectory.course_id = {course_id!r}` in their own
+`~/.jupyter/nbgrader_config.py`.
 
-    nbgrader generate_assignment 01_log_ratio      # source/ -> release/ (student version)
-    nbgrader release_assignment 01_log_ratio       # put it in the exchange
-    # students: nbgrader fetch_assignment 01_log_ratio; nbgrader submit 01_log_ratio
-    nbgrader collect 01_log_ratio                  # exchange -> submitted/
-    nbgrader autograde 01_log_ratio                # submitted/ -> autograded/, gradebook.db
-    nbgrader formgrader                            # grade the written answers (or JupyterLab's
-                                                   # Formgrader tab)
-    nbgrader generate_feedback 01_log_ratio        # HTML feedback, hidden tests stripped
-    nbgrader release_feedback 01_log_ratio         # students: nbgrader fetch_feedback
-    nbgrader export                                # grades.csv
+Run the commands below in a shell, starting with these two lines: the first puts the course
+repository's environment (its `nbgrader`, `jupyter` and the kernel the lessons need) first on
+PATH, the second enters this directory.
+
+    export PATH="{bin_dir}:$PATH"
+    cd {root}
+    nbgrader generate_assignment {first}      # source/ -> release/ (student version)
+    nbgrader release_assignment {first}       # put it in the exchange
+    # students: nbgrader fetch_assignment {first}; nbgrader submit {first}
+    nbgrader collect {first}                  # exchange -> submitted/
+    nbgrader autograde {first}                # submitted/ -> autograded/, gradebook.db
+    nbgrader generate_feedback {first}        # HTML feedback, hidden tests stripped
+    nbgrader release_feedback {first}         # students: nbgrader fetch_feedback
+    nbgrader export                           # grades.csv
+
+Grade the written answers in the formgrader (nbgrader has no `formgrader` command): run
+`jupyter lab` in this directory, after the two lines above, and open Nbgrader -> Formgrader.
+
+Autograde puts back every locked cell a student edited and logs "Attribute 'checksum' for cell
+... has changed!" for it: that line means a real edit. (Stock nbgrader also logs it for every
+test cell with hidden tests, of every honest submission, nbgrader issue #1961; this course's
+`RestoreLockedCells` replaces `OverwriteCells` to log only real edits.)
 
 Edit lessons in the course repository's solutions/, not in source/ here: copy them again with
 a fresh `kto-course course` when they change.
@@ -159,6 +172,8 @@ def make_course(
             root=str(root),
             exchange=str(exchange),
             lesson_list="\n".join(f"- `{name}`" for name in lesson_names),
+            first=lesson_names[0],
+            bin_dir=Path(sys.executable).parent,
         ),
         encoding="utf-8",
     )

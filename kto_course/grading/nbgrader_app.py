@@ -18,6 +18,10 @@ import warnings
 from pathlib import Path
 
 from nbconvert.preprocessors import Preprocessor
+from nbformat import NotebookNode
+from nbgrader import utils
+from nbgrader.api import MissingEntry
+from nbgrader.preprocessors import ClearHiddenTests, OverwriteCells
 from traitlets import Bool
 from traitlets.config import Config
 
@@ -46,6 +50,42 @@ class HideHiddenTestTracebacks(Preprocessor):
         return cell, resources
 
 
+class RestoreLockedCells(OverwriteCells):
+    """nbgrader's OverwriteCells without its false alarm on honest submissions (nbgrader issue
+    #1961).
+
+    A test cell with hidden tests reaches autograde as the student version has it, without
+    them, so stock OverwriteCells reports "Attribute 'checksum' for cell ... has changed!" for
+    every such cell of every submission, which reads as cheating. Here a locked cell whose
+    visible part is exactly the student version's gets its hidden tests back silently; a cell
+    the student did edit is restored and reported, as before.
+    """
+
+    def preprocess_cell(self, cell, resources, cell_index):
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if grade_id is not None and utils.is_locked(cell):
+            try:
+                source = self.gradebook.find_source_cell(grade_id, self.notebook_id,
+                                                         self.assignment_id)  # fmt: skip
+            except MissingEntry:
+                source = None  # OverwriteCells reports it
+            if source is not None and source.locked and _same(cell.source, _released(source)):
+                cell.source = source.source
+        return super().preprocess_cell(cell, resources, cell_index)
+
+
+def _released(source_cell) -> str:
+    """A source cell as the student version shows it: hidden tests removed."""
+    cell = NotebookNode(cell_type=source_cell.cell_type, source=source_cell.source, metadata={})
+    ClearHiddenTests()._remove_hidden_test_region(cell)
+    return cell.source
+
+
+def _same(a: str, b: str) -> bool:
+    lines = [[line.rstrip() for line in text.strip().splitlines()] for text in (a, b)]
+    return lines[0] == lines[1]
+
+
 FEEDBACK_PREPROCESSORS = [
     "nbgrader.preprocessors.GetGrades",
     "kto_course.grading.nbgrader_app.HideHiddenTestTracebacks",
@@ -63,7 +103,7 @@ SANITIZE_PREPROCESSORS = [
     "kto_course.grading.verdicts.SanitizeSubmission",
     "nbgrader.preprocessors.DeduplicateIds",
     "nbgrader.preprocessors.OverwriteKernelspec",
-    "nbgrader.preprocessors.OverwriteCells",
+    "kto_course.grading.nbgrader_app.RestoreLockedCells",  # OverwriteCells, without #1961
     "nbgrader.preprocessors.CheckCellMetadata",
 ]
 AUTOGRADE_PREPROCESSORS = [
@@ -102,7 +142,7 @@ def course_config(
         f"--IPKernelApp.exec_lines={KERNEL_EXEC_LINE}",
     ]
     # A learner who deleted a test cell still gets it graded instead of a silent zero.
-    c.OverwriteCells.add_missing_cells = True
+    c.OverwriteCells.add_missing_cells = True  # RestoreLockedCells inherits it
     c.GenerateFeedback.preprocessors = list(FEEDBACK_PREPROCESSORS)
     c.Autograde.sanitize_preprocessors = list(SANITIZE_PREPROCESSORS)
     c.Autograde.autograde_preprocessors = list(AUTOGRADE_PREPROCESSORS)
