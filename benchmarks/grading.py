@@ -8,16 +8,22 @@ Per lesson, with the solved notebook (answers from solutions/):
   which ``kto-course submit`` prints first and ``submit --quick`` stops at. Cold: the worker
   imports the lesson's setup (torch, transformers) first; warm: a second notebook of the same
   lesson, which is what each student after the first costs in a class run.
+  Cold runs in this process, after the lessons before it: what it imported for them (torch,
+  nbformat) is not counted again.
+- ``quick``: ``kto-course submit --quick`` in a fresh process (Python, nbformat and torch
+  imports included), wall time: what a learner waits for the verdicts.
 - ``submit``: the whole ``kto-course submit`` command (a fresh process: verdicts, then the full
   nbgrader execution of the notebook for the HTML feedback), wall time.
 Then ``nbgrader autograde`` of a class of N copies of one lesson in one course (wall time).
-Target: the verdict of any lesson within 5 s (warm), whatever the notebook's training costs.
+Target: the verdict of any lesson within 5 s (cold), whatever the notebook's training costs.
+The machine's load average is printed with the figures: on a shared machine they move with it.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import subprocess
 import sys
 import tempfile
@@ -50,16 +56,21 @@ def time_verdicts(lesson: str) -> tuple[float, float]:
     return cold, warm
 
 
-def time_submit(lesson: str, folder: Path) -> float:
+def time_submit(lesson: str, folder: Path, *options: str) -> float:
     import nbformat
 
     path = folder / f"{lesson}.ipynb"
     nbformat.write(solved(lesson), path)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "kto_course.cli", "submit", str(path), "--root",
-                    str(ROOT), "--feedback-dir", str(folder / "feedback")],
+                    str(ROOT), "--feedback-dir", str(folder / "feedback"), *options],
                    check=True, capture_output=True, timeout=1800)  # fmt: skip
     return time.perf_counter() - t0
+
+
+def load() -> str:
+    """The load average (1, 5, 15 min): the figures move with it on a shared machine."""
+    return "load " + " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def time_class(lesson: str, size: int) -> float:
@@ -80,7 +91,7 @@ def main() -> None:
     parser.add_argument("--no-submit", action="store_true", help="skip the whole-command times")
     args = parser.parse_args()
     lessons = grading.resolve_lessons(args.lessons, ROOT / "solutions")
-    print(f"{'lesson':<28} {'verdict cold':>12} {'verdict warm':>12} {'submit':>8}")
+    print(f"{'lesson':<28} {'verdict cold':>12} {'verdict warm':>12} {'quick':>7} {'submit':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for lesson in lessons:
             if lesson not in checks.EXERCISES:
@@ -89,13 +100,15 @@ def main() -> None:
             cold, warm = time_verdicts(lesson)
             folder = Path(tmp) / lesson
             folder.mkdir()
+            quick = time_submit(lesson, folder, "--quick")
             whole = float("nan") if args.no_submit else time_submit(lesson, folder)
-            print(f"{lesson:<28} {cold:>11.1f}s {warm:>11.1f}s {whole:>7.1f}s", flush=True)
+            print(f"{lesson:<28} {cold:>11.1f}s {warm:>11.1f}s {quick:>6.1f}s {whole:>7.1f}s  "
+                  f"({load()})", flush=True)  # fmt: skip
     if args.class_size:
         lesson = grading.resolve_lessons([args.class_lesson], ROOT / "solutions")[0]
         wall = time_class(lesson, args.class_size)
         print(f"autograde of {args.class_size} x {lesson}: {wall:.0f} s wall "
-              f"({wall / args.class_size:.1f} s per student)")  # fmt: skip
+              f"({wall / args.class_size:.1f} s per student, {load()})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from conftest import ROOT, SOLUTIONS
 
 from kto_course import checks, grading
 from kto_course.grading import verdicts
+from kto_course.grading.sandbox import Sandbox
 
 LESSON = "01_log_ratio"
 TARGET = "log_ratio"
@@ -276,6 +277,46 @@ def test_delegation_to_a_twin_scores_zero_for_that_exercise_only(lesson, exercis
     assert twin.rsplit(".", 1)[-1] in message, message
     others = {gid: r for gid, r in results.items() if gid != f"test_{exercise}"}
     assert all(ok for ok, _ in others.values()), others
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker's setup: its imports at once, the rest only for an answer that names what it binds
+# ---------------------------------------------------------------------------------------------
+
+REST_SETUP = "import sys\n\nsys.modules['kto_rest_ran'] = sys\nSCALE = 3\nBROKEN = 1 / 0\n"
+
+
+def _answer(box, name: str, code: str):
+    return box.function(name, [(f"<the answer cell of {name}>", code, False)])
+
+
+def test_the_rest_of_the_setup_runs_only_for_an_answer_that_names_it():
+    with Sandbox(REST_SETUP) as box:
+        untouched = _answer(box, "ran", "def ran():\n    return 'kto_rest_ran' in sys.modules\n")
+        assert untouched() is False
+        untouched.finish()
+        named = _answer(box, "scaled", "def scaled(x):\n    return SCALE * x\n")
+        ok, message = verdicts.verdict({"check": lambda fn, hidden=False: fn(2)}, "scaled",
+                                       named.sources, box, hidden=False)  # fmt: skip
+    assert not ok and "the grader could not check scaled" in message, message  # 1 / 0
+
+
+def test_a_working_rest_of_the_setup_gives_its_names():
+    with Sandbox(REST_SETUP.replace("BROKEN = 1 / 0\n", "")) as box:
+        fn = _answer(box, "scaled", "def scaled(x):\n    return SCALE * x\n")
+        assert fn(2) == 6
+        fn.finish()
+
+
+def test_the_worker_loads_neither_nbgrader_nor_transformers_for_lesson_07():
+    """Each costs seconds per cold verdict (nbconvert ~3 s, transformers' GPT-2 ~5 s, TRL)."""
+    source = grading.read_notebook(SOLUTIONS / "07_graduate_to_trl.ipynb")
+    code = ("def loaded():\n    return sorted(m for m in ('nbconvert', 'nbgrader', "
+            "'transformers', 'trl') if m in sys.modules)\n")  # fmt: skip
+    with Sandbox(verdicts.setup_source(source)) as box:
+        fn = _answer(box, "loaded", code)
+        assert fn() == []
+        fn.finish()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,48 +13,38 @@ checkout), so the tests can point them at fixture lessons. The names below are t
 and the tests use: ``grading.lessons(...)``, ``grading.grade(...)``.
 """
 
-from kto_course.grading.course import make_course
-from kto_course.grading.nbgrader_app import (
-    COURSE_ID,
-    DEFAULT_TIMEOUT,
-    FEEDBACK_PREPROCESSORS,
-    HideHiddenTestTracebacks,
-    course_config,
-)
-from kto_course.grading.notebooks import (
-    MARKERS,
-    NotACheckout,
-    checkout,
-    find_checkout,
-    leaks,
-    lessons,
-    markup_problems,
-    notebook_text,
-    read_notebook,
-    resolve_lessons,
-    secret_lines,
-)
-from kto_course.grading.scoring import (
-    LEARNER,
-    WRITTEN_STATUS,
-    CellResult,
-    GradeResult,
-    format_report,
-    grade,
-    submit,
-)
-from kto_course.grading.student_notebooks import (
-    MANIFEST,
-    Generated,
-    LearnerEdits,
-    check,
-    check_report,
-    generate,
-    generate_report,
-    orphans,
-    read_manifest,
-    student_versions,
-)
+# Imported on first use (PEP 562): the worker and the grading kernel import
+# ``kto_course.grading.worker`` / ``.lockdown``, and importing nbconvert and nbgrader here cost
+# them ~3 s each (measured) for names they never use.
+_NAMES = {
+    "course": ("make_course",),
+    "nbgrader_app": ("COURSE_ID", "DEFAULT_TIMEOUT", "FEEDBACK_PREPROCESSORS",
+                     "HideHiddenTestTracebacks", "course_config"),
+    "notebooks": ("MARKERS", "NotACheckout", "checkout", "find_checkout", "leaks", "lessons",
+                  "markup_problems", "notebook_text", "read_notebook", "resolve_lessons",
+                  "secret_lines"),
+    "scoring": ("LEARNER", "WRITTEN_STATUS", "CellResult", "GradeResult", "format_report",
+                "grade", "submit"),
+    "student_notebooks": ("MANIFEST", "Generated", "LearnerEdits", "check", "check_report",
+                          "generate", "generate_report", "orphans", "read_manifest",
+                          "student_versions"),
+}  # fmt: skip
+_SUBMODULES = ("codec", "lockdown", "sandbox", "verdicts", "worker", *_NAMES)
+_MODULE_OF = {name: module for module, names in _NAMES.items() for name in names}
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    elif name in _SUBMODULES:  # grading.verdicts, grading.lockdown
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "COURSE_ID",

@@ -25,6 +25,7 @@ import contextlib
 import io
 import os
 import re
+import sys
 from pathlib import Path
 
 from nbformat import NotebookNode
@@ -32,7 +33,7 @@ from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 
 from kto_course.checks.base import CheckFailed
 from kto_course.grading.notebooks import HIDDEN_MARKERS, nbgrader_meta
-from kto_course.grading.sandbox import Sandbox
+from kto_course.grading.sandbox import STAND_INS, Sandbox
 
 KEY = "kto_course"  # notebook metadata key for what the sanitize stage found
 
@@ -73,6 +74,33 @@ def foreign_message(lesson: str, other: str) -> str:
 def setup_source(source_nb) -> str:
     """The lesson's first code cell in the SOURCE (instructor's) notebook: its imports."""
     return next((c.source for c in source_nb.cells if c.cell_type == "code"), "")
+
+
+def warm_imports(setup: str) -> None:
+    """Import here the modules the lesson's setup imports (torch, kto_course.lm ...): the
+    checks need the same ones, and importing them while the just-launched worker imports its
+    own makes the two overlap (on two cores) instead of adding up. The setup is the SOURCE
+    notebook's, the course's code; what graded code never needs (``STAND_INS``) is skipped."""
+    import importlib
+
+    try:
+        tree = ast.parse(setup)
+    except SyntaxError:
+        return
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            if name in sys.modules or name.startswith(STAND_INS):
+                continue
+            try:  # a name, not a module (from kto_course.lm import encode), raises too
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001: only a head start; the checks import their own
+                continue
 
 
 def _defines(source: str, name: str) -> bool:
@@ -178,6 +206,8 @@ def grade_notebook(nb, lesson: str, source_nb, deny=()) -> dict[str, tuple[bool,
              if c.cell_type == "code" and nbgrader_meta(c).get("grade")]  # fmt: skip
     results = {}
     box = sandbox_for(setup_source(source_nb), deny) if not other else None
+    if box is not None:
+        warm_imports(box.setup_source)
     for cell in tests:
         grade_id = nbgrader_meta(cell).get("grade_id", "")
         name = grade_id.removeprefix("test_")

@@ -7,9 +7,10 @@ trusted grading process) the setup source (the lesson's first code cell from the
 notebook), then, per exercise, the learner's answer source, the exercise's answer twins and the
 function's name; it answers each call with the result in the safe encoding of ``codec``.
 
-One process (the "zygote") runs the setup once, then forks one child per exercise, so that
-every exercise starts from the same fresh state and a crash costs only that exercise. Before
-any learner code the child:
+One process (the "zygote") runs the setup's imports once, then forks one child per exercise, so
+that every exercise starts from the same fresh state and a crash costs only that exercise. The
+rest of the setup (lesson 07's check for TRL, which imports all of it) runs in the zygote only
+before the first exercise whose answer names what it binds. Before any learner code the child:
 
 - sets resource limits (address space, CPU seconds, file size, no new processes);
 - turns every answer twin (and every function of ``kto_course.checks``) into a stub that
@@ -203,8 +204,9 @@ def _serve_exercise(msg: dict, ns: dict, fd_in: int, fd_out: int) -> None:
                      deny_read=msg.get("deny_checkout", ()), write_ok=[scratch], record=record,
                      strict=True)  # fmt: skip
 
-    ready: dict = {"op": "ready"}
-    for label, source, defs_only in msg["sources"]:
+    ready: dict = {"op": "ready", **(msg.get("setup_error") or {})}
+    sources = [] if "error" in ready else msg["sources"]  # a failed setup: run no answer
+    for label, source, defs_only in sources:
         try:
             code = compile(source, label, "exec")
             if defs_only:
@@ -284,6 +286,41 @@ def _stand_ins(names) -> None:
             setattr(sys.modules[parent], child, module)
 
 
+def _split_setup(source: str):
+    """(the setup's import statements, the rest or None, the names the rest binds).
+
+    The imports give graded code its names (and the modules its arguments unpickle into);
+    the rest (``trl_bridge.require_trl()``, ``QUICK = ...``) can cost seconds (lesson 07's
+    imports all of TRL) and only matters to an answer that names what it binds."""
+    import ast
+
+    tree = ast.parse(source)
+    imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    rest = [n for n in tree.body if not isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = set()
+    for node in ast.walk(ast.Module(body=rest, type_ignores=[])):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.alias):
+            names.add((node.asname or node.name).split(".")[0])
+    module = ast.Module(body=imports, type_ignores=[])
+    later = compile(ast.Module(body=rest, type_ignores=[]), "<setup>", "exec") if rest else None
+    return compile(module, "<setup>", "exec"), later, names
+
+
+def _names_any(sources, names) -> bool:
+    """Whether any source mentions one of ``names`` (as a word anywhere, strings included:
+    ``globals()["QUICK"]`` counts)."""
+    import re
+
+    if not names:
+        return False
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(names))) + r")\b")
+    return any(pattern.search(source) for _, source, _ in sources)
+
+
 def main() -> None:
     fd_in, fd_out = os.dup(0), os.dup(1)
     null = os.open(os.devnull, os.O_RDWR)
@@ -296,11 +333,17 @@ def main() -> None:
     _stand_ins(setup.get("stand_ins", ()))
     ns: dict = {"__name__": "__main__"}
     try:
-        exec(compile(setup["source"], "<setup>", "exec"), ns)
+        imports, rest, rest_names = _split_setup(setup["source"])
+        exec(imports, ns)
+        if "torch" in sys.modules:
+            # What the lessons' setup does (and the rest of it may now never run): one thread,
+            # as on a busy 2-core machine a second one made torch many times slower (lesson 06).
+            sys.modules["torch"].set_num_threads(1)
         _send(fd_out, codec.dumps({"op": "ready"}))
     except BaseException as e:  # noqa: BLE001: a course bug, reported to the grader
         _send(fd_out, codec.dumps({"op": "ready", **_exception(e)}))
         return
+    rest_error = None
     while True:
         try:
             msg = _recv(fd_in)
@@ -310,6 +353,14 @@ def main() -> None:
             return
         if msg.get("op") != "exercise":
             continue  # a "done" for a child that had already ended
+        if _names_any(msg["sources"], rest_names):
+            if rest is not None:  # here, in the zygote: the course's code, never the learner's
+                try:
+                    exec(rest, ns)
+                except BaseException as e:  # noqa: BLE001: a course bug, reported as one
+                    rest_error = {**_exception(e), "where": "setup"}
+                rest = None
+            msg["setup_error"] = rest_error
         pid = os.fork()
         if pid == 0:
             try:

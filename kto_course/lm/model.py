@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
-from transformers.utils import logging as hf_logging
 
 from kto_course.lm.tokenizer import load_tokenizer
+
+# transformers is imported in the functions that build or load a model: importing its GPT-2
+# costs ~5 s (measured on 2 cores), which every ``import kto_course.train`` (and so the
+# grader's worker and checks, which never load a model) would otherwise pay.
+if TYPE_CHECKING:
+    from transformers import GPT2Config, GPT2LMHeadModel
 
 __all__ = [
     "REFERENCE_DIR",
@@ -40,11 +45,15 @@ N_POSITIONS = 32  # a prompt is 7 tokens, a completion 7 (with <eos>): room to s
 
 def quiet_transformers() -> None:
     """Keep notebook output clean: no progress bars or info logs from transformers."""
+    from transformers.utils import logging as hf_logging
+
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
 
 def make_config(tokenizer, size: str = "tiny") -> GPT2Config:
+    from transformers import GPT2Config
+
     if size not in SIZES:
         raise ValueError(f"unknown model size {size!r}: use one of {', '.join(SIZES)}.")
     n_embd, n_layer, n_head = SIZES[size]
@@ -70,6 +79,8 @@ def make_config(tokenizer, size: str = "tiny") -> GPT2Config:
 
 def build_model(tokenizer, size: str = "tiny", seed: int = 0) -> GPT2LMHeadModel:
     """A freshly initialised tiny GPT-2 (the same seed gives the same weights)."""
+    from transformers import GPT2LMHeadModel
+
     quiet_transformers()
     torch.manual_seed(seed)
     return GPT2LMHeadModel(make_config(tokenizer, size))
@@ -77,6 +88,8 @@ def build_model(tokenizer, size: str = "tiny", seed: int = 0) -> GPT2LMHeadModel
 
 def load_model(folder, device="cpu") -> GPT2LMHeadModel:
     """Load a model saved with ``save_pretrained`` (offline), in eval mode, on ``device``."""
+    from transformers import GPT2LMHeadModel
+
     quiet_transformers()
     folder = Path(folder)
     if not (folder / "config.json").is_file():

@@ -8,10 +8,15 @@ mask never drops the real end of a completion), ``<bos>``, ``<eos>``, ``<unk>``.
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from typing import TYPE_CHECKING
 
 from kto_course.lm import task
+
+# tokenizers and transformers are imported where a tokenizer is built or loaded (see lm.model:
+# importing transformers costs seconds that code which never tokenizes should not pay).
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
 
 __all__ = ["SPECIALS", "build_tokenizer", "load_tokenizer"]
 
@@ -22,6 +27,8 @@ VOCAB_SIZE = 400  # merges stop earlier, once every word of the task is a single
 
 def build_tokenizer(texts: list[str] | None = None) -> PreTrainedTokenizerFast:
     """Train the BPE on ``texts`` (default: every word and template of the task)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
     if texts is None:
         texts = _task_texts()
     bpe = Tokenizer(models.BPE(unk_token=UNK))
@@ -51,6 +58,8 @@ def _task_texts() -> list[str]:
 
 
 def _wrap(bpe: Tokenizer) -> PreTrainedTokenizerFast:
+    from transformers import PreTrainedTokenizerFast
+
     tok = PreTrainedTokenizerFast(
         tokenizer_object=bpe, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK
     )
@@ -60,6 +69,8 @@ def _wrap(bpe: Tokenizer) -> PreTrainedTokenizerFast:
 
 def load_tokenizer(folder) -> PreTrainedTokenizerFast:
     """Load a saved tokenizer offline. ``padding_side`` is not saved: it is set here."""
+    from transformers import PreTrainedTokenizerFast
+
     tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
     tok.padding_side = "right"
     return tok
