@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,trl]'
 	@touch $(STAMP)
 
+# The learner's JupyterLab: jupyter/learner/ turns off nbgrader's instructor panels and their
+# exchange errors (Formgrader, Create Assignment, Assignments, Courses) and keeps Validate.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG)
+	JUPYTER_CONFIG_PATH="$(CURDIR)/jupyter/learner" $(VENV)/bin/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG)
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -4,11 +4,12 @@ For each lesson with a demo, a temporary copy of its solution notebook is served
 server and one page load per lesson, executed with KTO_COURSE_QUICK=1); every demo is driven as
 ``browser_specs.py`` says: move a control, wait until the readout and plot show what the lesson
 promises, screenshot the demo into ``screenshots/<lesson>/``. One lesson is also opened in
-JupyterLab, run with Run All, and driven the same way. Every test also checks that no traceback
-is shown or logged, that the page raised no uncaught error, that no request left loopback and
-that every server, kernel and browser process it started has exited. Lessons without a demo
-(``browser_specs.RUN_ALL_SHOWS``: lesson 07) are run with Run All in JupyterLab and must show
-their experiments' output.
+JupyterLab (with the learner's profile, ``jupyter/learner/``, as ``make lab`` opens it: no
+instructor panel, Validate kept), run with Run All, and driven the same way. Every test also
+checks that no traceback is shown or logged, that the page raised no uncaught error, that no
+request left loopback and that every server, kernel and browser process it started has
+exited. Lessons without a demo (``browser_specs.RUN_ALL_SHOWS``: lesson 07) are run with Run
+All in JupyterLab and must show their experiments' output.
 
 Chromium: Debian's (``apt-get install chromium``; ``.ci/run`` installs it) or the path in
 $KTO_COURSE_CHROMIUM. Without it these tests are skipped, except in CI (CI=true): there they fail.
@@ -44,6 +45,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = ROOT / "solutions"
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures" / "browser"
 SCREENSHOTS = ROOT / "screenshots"
+LEARNER_PROFILE = ROOT / "jupyter" / "learner"
+# What a learner's JupyterLab must not show: nbgrader's instructor panels and their errors.
+INSTRUCTOR_ONLY = ("Formgrader", "Create Assignment", "Course List", "Error fetching courses",
+                   "exchange directory")  # fmt: skip
 
 INSTALL_HINT = (
     "install Debian's Chromium (`apt-get install chromium`, as `.ci/run` does) or set "
@@ -256,6 +261,8 @@ def isolated_env(home: Path) -> dict:
         env[var] = str(home / name)
     env[system.QUICK_ENV] = "1"
     env["PYTHONUNBUFFERED"] = "1"
+    # The learner's profile, as `make lab` sets it: no instructor panels, Validate kept.
+    env["JUPYTER_CONFIG_PATH"] = str(LEARNER_PROFILE)
     # JupyterLab: no news or update popup over the notebook; keep every cell in the DOM.
     settings = home / "lab-settings" / "@jupyterlab"
     for plugin, content in {
@@ -630,6 +637,24 @@ def assert_clean(page, server: Server) -> None:
     assert page.loopback_requests > 0, "the loopback guard saw no request: is page.route active?"
 
 
+def assert_learner_lab(page, server: Server) -> None:
+    """The learner's profile: nbgrader's Validate button, no instructor panel, menu or error."""
+    menus = page.evaluate(
+        "() => [...document.querySelectorAll('.lm-MenuBar-itemLabel')].map(e => e.textContent)"
+    )
+    assert "File" in menus and "Nbgrader" not in menus, menus
+    text = page.evaluate("() => document.body.innerText")
+    shown = [word for word in INSTRUCTOR_ONLY if word.lower() in text.lower()]
+    assert not shown, f"the learner's JupyterLab shows {shown}"
+    toolbar = page.evaluate(
+        "() => [...document.querySelectorAll('.jp-NotebookPanel-toolbar')]"
+        ".map(e => e.innerText).join(' ')"
+    )
+    assert "Validate" in toolbar, f"no Validate button in the notebook toolbar: {toolbar!r}"
+    log = server.log()
+    assert "ExchangeError" not in log and "exchange" not in log.lower(), log[-3000:]
+
+
 def copy_notebook(lesson: str, root: Path) -> Path:
     """A temporary copy to serve: the committed notebook is never opened by a server."""
     root.mkdir(parents=True)
@@ -756,6 +781,8 @@ def test_jupyterlab_run_all_and_demos(lesson, browser, tmp_path):
             else:
                 drive_demos(page, lesson, fresh_dir(SCREENSHOTS / f"lab_{lesson}"))
             page.wait_for_function(LAB_IDLE_JS, timeout=60_000, polling=250)
+            assert_learner_lab(page, server)
+            page.screenshot(path=str(fresh_dir(SCREENSHOTS / f"lab_{lesson}_page") / "lab.png"))
             assert_clean(page, server)
             procs.record(server.proc.pid)
         assert procs.kernels(), "no kernel process was seen: did JupyterLab start one?"

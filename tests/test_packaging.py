@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import tomllib
@@ -159,3 +163,23 @@ def test_find_chromium_honours_the_environment_variable(monkeypatch, tmp_path):
     assert system.find_chromium() == str(fake)
     monkeypatch.setenv(system.CHROMIUM_ENV, str(tmp_path / "missing"))
     assert system.find_chromium() is None
+
+
+def test_learner_profile_names_plugins_that_exist():
+    """jupyter/learner/ (make lab) turns off nbgrader's instructor plugins by id: a renamed id in
+    a newer nbgrader would silently bring the panels back."""
+    profile = ROOT / "jupyter" / "learner"
+    disabled = json.loads((profile / "labconfig" / "page_config.json").read_text())
+    bundle = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "@jupyter" / "nbgrader"
+    assert bundle.is_dir(), f"nbgrader's lab extension is not installed in {sys.prefix}"
+    code = " ".join(p.read_text(errors="ignore") for p in bundle.glob("static/*.js"))
+    for plugin in disabled["disabledExtensions"]:
+        assert f'"{plugin}"' in code, plugin
+    assert '"@jupyter/nbgrader:validate-assignment"' in code  # the one a learner keeps
+    server = json.loads(next((profile / "jupyter_server_config.d").glob("*.json")).read_text())
+    off = server["ServerApp"]["jpserver_extensions"]
+    assert set(off) == {f"nbgrader.server_extensions.{n}" for n in
+                        ("formgrader", "assignment_list", "course_list")}  # fmt: skip
+    assert not any(off.values())
+    for name in off:
+        assert importlib.util.find_spec(name) is not None, name
