@@ -191,6 +191,8 @@ def run_submit(args: argparse.Namespace) -> int:
     elif shown and shown[0].cells == result.cells:
         if result.feedback:
             print(f"Feedback: {result.feedback}")
+        if result.previous_feedback:
+            print(f"(it replaced an earlier report, kept as {result.previous_feedback})")
     else:
         print(grading.format_report(result))
     return 0

@@ -508,3 +508,23 @@ def test_submit_of_another_lessons_notebook_is_one_clear_message(tmp_path):
     assert done.returncode != 0
     assert "Traceback" not in done.stderr + done.stdout
     assert "02_kl_reference_point" in done.stderr and LESSON in done.stderr, done.stderr
+
+
+def test_lockdown_opens_only_the_stat_line_of_other_processes(tmp_path):
+    """ipykernel reads every /proc/<pid>/stat when it shuts down (psutil): allowed, so that no
+    traceback ends a submit; anything else of another process stays closed."""
+    script = (
+        "from kto_course.grading import lockdown\n"
+        f"lockdown.install(write_ok=[{str(tmp_path)!r}])\n"
+        "open('/proc/1/stat').read()\n"
+        "for name in ('cmdline', 'environ'):\n"
+        "    try:\n"
+        "        open(f'/proc/1/{name}').read()\n"
+        "    except PermissionError:\n"
+        "        continue\n"
+        "    raise SystemExit(f'/proc/1/{name} was readable')\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -451,6 +451,21 @@ def test_submit_prints_a_clean_report(learner_copy, tmp_path, capsys):
     # nbgrader's harmless noise stays out of the learner's report.
     for noise in ("checksum", "SAWarning", "without encryption", "[WARNING]", "Traceback"):
         assert noise not in out + err
+    # The page opens with the same report: each exercise by name, the terminal's total.
+    page = (tmp_path / "fb" / f"{FIXTURE}.html").read_text("utf-8")
+    block = page.split('class="panel panel-default kto-summary"')[1].split("</table>")[0]
+    summary = _visible_text(block)
+    assert "99_fixture: 2 / 3 autograded points" in summary
+    for exercise, points in (("add", "2 / 2"), ("mean_of", "0 / 1"), ("empty_mean", "- / 1")):
+        assert f"<td><code>{exercise}</code></td><td>{points}</td>" in block, block
+    assert "summed instead of averaging" in summary and "graded by your instructor" in summary
+    assert 'href="#test_add">add</a>' in page and ">Test cell<" not in page
+    # A second submit keeps the first report and says so.
+    rc, out, err = _submit([learner_copy, "--feedback-dir", tmp_path / "fb"], capsys)
+    assert rc == 0, err
+    previous = tmp_path / "fb" / f"{FIXTURE}.previous.html"
+    assert previous.read_text("utf-8") == page
+    assert f"replaced an earlier report, kept as {previous}" in out
 
 
 def _assert_nothing_written(folder: Path, before: dict):

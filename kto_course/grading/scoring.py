@@ -9,6 +9,7 @@ stripped; the learner's file is never written. ``format_report`` is what the lea
 
 from __future__ import annotations
 
+import html
 import re
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -59,6 +60,7 @@ class GradeResult:
     max_score: float
     cells: list[CellResult] = field(default_factory=list)
     feedback: str | None = None  # where the HTML feedback was written
+    previous_feedback: str | None = None  # where the report it replaced was kept
     feedback_html: str = field(default="", repr=False)
 
     def to_dict(self) -> dict:
@@ -264,9 +266,45 @@ def submit(
     if feedback_dir is not None:
         out = Path(feedback_dir) / f"{path.stem}.html"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(result.feedback_html, encoding="utf-8")
+        if out.exists():  # a second submit: the earlier report is kept, one step back
+            previous = out.with_name(f"{path.stem}.previous.html")
+            out.replace(previous)
+            result.previous_feedback = str(previous)
+        out.write_text(with_summary(result), encoding="utf-8")
         result.feedback = str(out)
     return result
+
+
+def with_summary(result: GradeResult) -> str:
+    """nbgrader's feedback page with the terminal's report on top (each exercise by name, the
+    same autograded total, written answers pending) and its index naming the exercises."""
+    page = result.feedback_html
+    rows = []
+    for c in result.cells:
+        if c.kind == "written":
+            points, said = f"- / {_points(c.max_points)}", f"written answer, {WRITTEN_STATUS}"
+        else:
+            points = f"{_points(c.points)} / {_points(c.max_points)}"
+            said = c.message or "passed"
+        rows.append(f"<tr><td><code>{html.escape(c.exercise)}</code></td><td>{points}</td>"
+                    f"<td>{html.escape(said)}</td></tr>")  # fmt: skip
+    summary = (
+        '<div class="panel panel-default kto-summary"><div class="panel-heading"><h4>'
+        f"{html.escape(result.lesson)}: {_points(result.score)} / {_points(result.max_score)} "
+        "autograded points</h4></div><div class=\"panel-body\"><table class=\"table\">"
+        "<tr><th>exercise</th><th>points</th><th>the check says</th></tr>"
+        + "".join(rows) + "</table></div></div>"
+    )  # fmt: skip
+    # nbgrader's own heading counts the written answers too: say so, next to ours.
+    page = re.sub(r"<h4>([^<]*) \(Score: ([^)]*)\)</h4>",
+                  r"<h4>\1, every graded cell including written answers (Score: \2)</h4>",
+                  page, count=1)  # fmt: skip
+    page = re.sub(r'<a href="#test_([\w-]+)">Test cell</a>', r'<a href="#test_\1">\1</a>', page)
+    page = re.sub(r'<a href="#written_([\w-]+)">Written response</a>',
+                  r'<a href="#written_\1">\1 (written answer)</a>', page)  # fmt: skip
+    if '<div class="container">' in page:
+        return page.replace('<div class="container">', '<div class="container">' + summary, 1)
+    return summary + page
 
 
 def _points(x: float) -> str:
@@ -295,4 +333,6 @@ def format_report(result: GradeResult) -> str:
             lines.append(f"      {c.message}")
     if result.feedback:
         lines += ["", f"Feedback: {result.feedback}"]
+    if result.previous_feedback:
+        lines.append(f"(it replaced an earlier report, kept as {result.previous_feedback})")
     return "\n".join(lines)
