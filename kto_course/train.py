@@ -92,7 +92,7 @@ class KTOConfig:
     optimizer: str = knob("adamw_fused", "AdamW kernel: adamw_fused (TRL's default, one "
                           "fused kernel) or adamw (PyTorch's multi-tensor loop)",
                           choices=OPTIMIZERS)  # fmt: skip
-    # The choices below default to lesson 06's; ``trl_matching_config`` sets TRL's (lesson 07).
+    # Defaults: lesson 06's choices; trl_bridge.matching_config sets TRL's (lesson 07).
     schedule: str = knob("warmup_constant", "learning rate: warmup_constant (warmup_steps, "
                          "then constant) or linear (TRL's: decay to 0 over steps, no warmup)",
                          choices=SCHEDULES)  # fmt: skip
@@ -208,7 +208,7 @@ def sequence_logps_of(model, batch: dict, logprobs: str = "log_softmax") -> torc
     return torch_ops.sequence_logps_from_logits(logits, ids[:, start:], mask[:, start:])
 
 
-def mismatched_indices(batch_size: int, config: KTOConfig, device=None) -> torch.Tensor:
+def z0_pairs(batch_size: int, config: KTOConfig, device=None) -> torch.Tensor:
     """z0's mismatched pairs of a microbatch under ``config``: the cyclic shift of lesson 02,
     inside each of ``config.pairing_groups`` equal parts (one part per process, lesson 07)."""
     size = batch_size // config.pairing_groups
@@ -295,7 +295,7 @@ class KTOTrainer:
             groups, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
             fused=cfg.optimizer == "adamw_fused",
         )  # fmt: skip
-        self._shift = mismatched_indices(cfg.batch_size, cfg, device=self.device)
+        self._shift = z0_pairs(cfg.batch_size, cfg, device=self.device)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, learning_rate_factor(cfg))
         if cfg.mode == "offline":
             if self.dataset is None:
@@ -423,7 +423,7 @@ class KTOTrainer:
         prompt_ids, completion_ids = self.encode(prompts, completions)
         p, p_len = sampling.padded(prompt_ids, tok.pad_token_id, self.device)
         c, c_len = sampling.padded(completion_ids, tok.pad_token_id, self.device)
-        shift = self._shift if n == len(self._shift) else mismatched_indices(
+        shift = self._shift if n == len(self._shift) else z0_pairs(
             n, self.config, device=self.device)  # fmt: skip
         both = sampling.pairs(p.repeat(2, 1), p_len.repeat(2), torch.cat([c, c[shift]]),
                               torch.cat([c_len, c_len[shift]]), tok.pad_token_id,

@@ -21,8 +21,8 @@ from kto_course.train import (
     encode_rows,
     from_reference,
     learning_rate_factor,
-    mismatched_indices,
     sequence_logps_of,
+    z0_pairs,
 )
 
 
@@ -297,13 +297,13 @@ def test_fused_and_plain_adamw_give_the_same_losses():
 
 @pytest.mark.parametrize("groups", [1, 2, 4])
 def test_mismatched_pairs_stay_inside_their_group(groups):
-    shift = mismatched_indices(16, KTOConfig(pairing_groups=groups)).tolist()
+    shift = z0_pairs(16, KTOConfig(pairing_groups=groups)).tolist()
     size = 16 // groups
     assert sorted(shift) == list(range(16))  # every completion used once
     for i, j in enumerate(shift):
         assert j != i and j // size == i // size  # never itself, never another group's
         assert j == i // size * size + (i - 1) % size  # TRL: x_i with y_{i-1} in its group
-    halos = mismatched_indices(8, KTOConfig(kl_pairing="halos")).tolist()
+    halos = z0_pairs(8, KTOConfig(kl_pairing="halos")).tolist()
     assert halos == [1, 2, 3, 4, 5, 6, 7, 0]
 
 
