@@ -281,19 +281,19 @@ def step_logs(trainer) -> list[dict]:
     return [dict(log) for log in trainer.state.log_history if "loss" in log and "step" in log]
 
 
-# -- the course's loop with TRL's choices ------------------------------------------------------
+# -- the course's trainer with TRL's choices --------------------------------------------------
 
 
-# Each of TRL_CHOICES that is a knob of the course's trainer (``train.KTOConfig``), and the
-# knob's value for each of the choice's values. bos, eos and padding are slips, not knobs:
+# The choices of TRL_CHOICES that are knobs of the course's trainer (train.KTOConfig: the same
+# names and values) and the values each takes; bos, eos and padding are slips, not knobs:
 # ``_Slips`` makes them.
-KNOB_OF_CHOICE = {
-    "optimizer": ("optimizer", {"adamw_fused": "adamw_fused", "adamw": "adamw"}),
-    "schedule": ("schedule", {"linear": "linear", "warmup_constant": "warmup_constant"}),
-    "order": ("order", {"sequential": "sequential", "shuffled": "shuffled"}),
-    "kl_pairing": ("kl_pairing", {"trl": "trl", "halos": "halos"}),
-    "tokenization": ("tokenization", {"joint": "joint", "separate": "separate"}),
-    "logprobs": ("logprobs", {"fused_head": "fused_head", "log_softmax": "log_softmax"}),
+KNOB_CHOICES = {
+    "optimizer": train.OPTIMIZERS,
+    "schedule": train.SCHEDULES,
+    "order": train.ORDERS,
+    "kl_pairing": ("trl", "halos"),
+    "tokenization": train.TOKENIZATIONS,
+    "logprobs": train.LOGPROBS,
 }
 SLIPS = {"bos": ("none", "added"), "eos": ("text", "missing"), "padding": ("right", "left")}
 
@@ -311,20 +311,20 @@ def matching_config(steps, choices=None, kl_group=None, device="cpu", **cfg):
     """
     knobs, raw = _knobs(dict(cfg))
     if raw:
-        raise TypeError(f"run_trl_matching got unknown settings: {', '.join(raw)}.")
+        raise TypeError(f"the TRL-matching run got unknown settings: {', '.join(raw)}.")
     choices = {**TRL_CHOICES, **(choices or {})}
     unknown = set(choices) - set(TRL_CHOICES)
     if unknown:
         raise ValueError(f"unknown choice(s) {sorted(unknown)}: use {sorted(TRL_CHOICES)}.")
     for name, value in choices.items():
-        allowed = KNOB_OF_CHOICE[name][1] if name in KNOB_OF_CHOICE else SLIPS[name]
+        allowed = KNOB_CHOICES.get(name) or SLIPS[name]
         if value not in allowed:
             raise ValueError(f"choice {name}={value!r}: use one of {sorted(allowed)}.")
     b = knobs["batch_size"]
     if knobs["loss_type"] == "kto" and b < 2:
         raise ValueError("Actual (not effective) batch size must be > 1 (z0 needs 2 examples).")
     knobs["steps"] = steps
-    trl_knobs = {KNOB_OF_CHOICE[n][0]: KNOB_OF_CHOICE[n][1][choices[n]] for n in KNOB_OF_CHOICE}
+    trl_knobs = {name: choices[name] for name in KNOB_CHOICES}
     config = train.KTOConfig(
         mode="offline", warmup_steps=20, device=device,
         pairing_groups=1 if kl_group is None else b // kl_group,
