@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import logging
 import os
 import tempfile
@@ -90,12 +91,20 @@ class TRLUnavailable(ImportError):
 # -- setup -------------------------------------------------------------------------------------
 
 
-def require_trl():
-    """Import and return ``trl``; raise ``TRLUnavailable`` with a one-line reason otherwise."""
+def require_trl(trainer: bool = True):
+    """Import and return ``trl``; raise ``TRLUnavailable`` with a one-line reason otherwise.
+
+    ``trainer=False``: enough for TRL's ``KTOConfig``. The trainer module (~7 s to import cold,
+    through transformers' processors) is then not imported, and ``datasets`` is only found.
+    """
     for name in ("trl", "accelerate", "datasets"):
         try:
+            if name == "datasets" and not trainer:
+                if importlib.util.find_spec(name) is None:
+                    raise ImportError(name)
+                continue
             module = importlib.import_module(name)
-        except ImportError as exc:  # also a module set to None in sys.modules
+        except (ImportError, ValueError) as exc:  # also a module set to None in sys.modules
             raise TRLUnavailable(
                 f"lesson 07 needs {name}, which is not installed here ({exc.__class__.__name__}):"
                 f" {INSTALL_HINT}"
@@ -111,7 +120,9 @@ def require_trl():
             f"{','.join(SUPPORTED_TRL)} (its KTO loss lives in KTOTrainer._compute_loss): "
             f"{INSTALL_HINT}"
         )
-    if not hasattr(importlib.import_module("trl.trainer.kto_trainer").KTOTrainer, "_compute_loss"):
+    if trainer and not hasattr(
+        importlib.import_module("trl.trainer.kto_trainer").KTOTrainer, "_compute_loss"
+    ):
         raise TRLUnavailable(
             f"TRL {trl.__version__} has no KTOTrainer._compute_loss: {INSTALL_HINT}"
         )
@@ -183,7 +194,7 @@ def matching_args(fields: dict, output_dir=None, device=None):
     decay and no warmup, one log per step, a sequential sampler, no saving or reporting.
     ``device``: "cpu", "cuda" or None (cuda when there is one).
     """
-    require_trl()
+    require_trl(trainer=False)
     import dataclasses
 
     from trl import KTOConfig
@@ -231,7 +242,7 @@ def trl_config(output_dir=None, **overrides):
     seed, max_length, adam_betas, weight_decay``) map to KTOConfig fields as in
     ``CONFIG_FIELDS``; any other keyword is a KTOConfig field and overrides the fixed choices.
     """
-    require_trl()
+    require_trl(trainer=False)
     knobs, raw = _knobs(dict(overrides))
     device = raw.pop("device", None)
     fields = {}

@@ -46,6 +46,14 @@ def test_environment_yml_has_every_runtime_dependency():
     assert "-e .[trl]" in text
 
 
+def test_importing_nbformat_builds_no_grammars():
+    """Every submit, grading worker and kernel imports nbformat: the jsonschema it validates
+    with must not build rfc3987-syntax's grammars on import (the cap in pyproject.toml)."""
+    code = "import sys, nbformat; print('rfc3987_syntax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_trl_extra_admits_the_cpu_torch_and_trl_1_16():
     from packaging.requirements import Requirement
 

@@ -242,6 +242,48 @@ def test_trl_config_is_the_matching_setup():
     assert cfg.optim == "adamw_torch_fused" and cfg.report_to in ([], "none", ["none"])
 
 
+# -- lesson 07's trl_kwargs check: which answers TRL must run ---------------------------------
+
+
+def test_trl_kwargs_check_runs_the_course_mapping_like_the_course_trainer(monkeypatch, capsys):
+    """The check skips TRL's run for the course's own mapping, because that run matches the
+    course's trainer: here it is run anyway, on the check's own visible and graded cases."""
+    from kto_course import trl_mapping
+    from kto_course.checks import l07_graduate_to_trl as l07
+
+    ran = []
+    real_run = l07._run_both
+    monkeypatch.setattr(l07, "_identical", lambda got, want: False)
+    monkeypatch.setattr(l07, "_same_training", lambda args, config, n: False)
+    monkeypatch.setattr(l07, "_run_both", lambda *a: ran.append(a) or real_run(*a))
+    for hidden in (False, True):
+        l07.check_trl_kwargs(trl_mapping.trl_kwargs, hidden=hidden)
+    assert len(ran) == 2 and "all 6 checks passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "runs"),
+    [({}, 0), ({"bf16": False}, 0), ({"logging_first_step": True}, 1)],
+    ids=["the mapping", "a fixed setting restated", "another field"],
+)
+def test_trl_kwargs_check_runs_trl_only_for_other_fields(monkeypatch, extra, runs):
+    from kto_course import trl_mapping
+    from kto_course.checks import l07_graduate_to_trl as l07
+
+    ran = []
+    monkeypatch.setattr(l07, "_run_both", lambda *a: ran.append(a))
+    l07.check_trl_kwargs(lambda config, n=1: {**trl_mapping.trl_kwargs(config, n), **extra})
+    assert len(ran) == runs
+
+
+def test_trl_kwargs_check_passes_a_field_that_does_not_change_training():
+    from kto_course import trl_mapping
+    from kto_course.checks import l07_graduate_to_trl as l07
+
+    l07.check_trl_kwargs(lambda config, n=1: {**trl_mapping.trl_kwargs(config, n),
+                                              "logging_first_step": True})  # fmt: skip
+
+
 def test_unpairing_pitfall_shares():
     pairs = [{"prompt": f"p{i}", "chosen": " good.", "rejected": " bad."} for i in range(64)]
     shares = figures.unpairing_pitfall(pairs, batch_size=16)

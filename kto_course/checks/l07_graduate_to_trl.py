@@ -69,23 +69,48 @@ def _value(v):
     return getattr(v, "value", v)  # TrainingArguments turns some strings into enums
 
 
-def _effective(kwargs: dict, have_trl: bool) -> dict:
-    """What TRL's KTOConfig holds for the fields the course's config sets, given ``kwargs``."""
-    if have_trl:
-        from kto_course import trl_bridge
+def _trl_args(kwargs: dict):
+    """TRL's KTOConfig from ``kwargs`` on top of the fixed TRL-matching settings, or CheckFailed
+    with TRL's own reason for refusing them."""
+    from kto_course import trl_bridge
 
-        try:
-            with contextlib.redirect_stdout(io.StringIO()), trl_bridge.quiet():
-                args = trl_bridge.matching_args(dict(kwargs), device="cpu")
-        except TypeError as e:  # an unknown keyword
-            raise CheckFailed(
-                f"TRL's KTOConfig refused your keyword arguments ({e}): every key must be a "
-                "field of trl.KTOConfig (the table in the lesson lists them)."
-            ) from None
-        except ValueError as e:
-            raise CheckFailed(f"TRL's KTOConfig refused your keyword arguments: {e}") from None
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), trl_bridge.quiet():
+            return trl_bridge.matching_args(dict(kwargs), device="cpu")
+    except TypeError as e:  # an unknown keyword
+        raise CheckFailed(
+            f"TRL's KTOConfig refused your keyword arguments ({e}): every key must be a "
+            "field of trl.KTOConfig (the table in the lesson lists them)."
+        ) from None
+    except ValueError as e:
+        raise CheckFailed(f"TRL's KTOConfig refused your keyword arguments: {e}") from None
+
+
+def _effective(kwargs: dict, args) -> dict:
+    """What TRL's KTOConfig holds for the fields the course's config sets: read from ``args``
+    (TRL's KTOConfig of ``kwargs``), or from TRL's defaults when TRL is not installed (None)."""
+    if args is not None:
         return {k: _value(getattr(args, k)) for k in _TRL_DEFAULTS}
     return {k: _value(kwargs.get(k, v)) for k, v in _TRL_DEFAULTS.items()}
+
+
+def _identical(got: dict, want: dict) -> bool:
+    """The same keys and, for each, a value of the same type that compares equal: TRL would
+    then build the very KTOConfig of ``want`` (no need to import TRL to know it)."""
+    return got.keys() == want.keys() and all(
+        type(got[k]) is type(want[k]) and got[k] == want[k] for k in want
+    )
+
+
+def _same_training(args, config, n: int) -> bool:
+    """Whether ``args`` equals, field by field, TRL's KTOConfig of the course's own mapping of
+    ``config``: then TRL's run IS the run that tests/test_trl.py proves equal to the course's
+    trainer, and the check need not repeat it."""
+    reference = _trl_args(trl_mapping.trl_kwargs(config, n)).to_dict()
+    mine = args.to_dict()
+    for fields in (mine, reference):
+        fields.pop("output_dir")  # a fresh temporary folder per KTOConfig
+    return mine == reference
 
 
 def _kwargs_problem(got: dict, config, n: int) -> str | None:
@@ -225,11 +250,12 @@ def _run_both(kwargs: dict, config, rng) -> None:
 
 def check_trl_kwargs(trl_kwargs, hidden: bool = False) -> None:
     """Lesson 07, exercise 1: the course's KTOConfig as keyword arguments of TRL's KTOConfig,
-    checked field by field and then by running a few steps of TRL and of the course's trainer."""
+    checked field by field; any setting beyond the course's mapping is then run, a few steps of
+    TRL against the course's trainer (the mapping's own run is tests/test_trl.py's)."""
     from kto_course import trl_bridge
 
     try:
-        trl_bridge.require_trl()
+        trl_bridge.require_trl(trainer=False)  # the trainer is imported only if it must run
         have_trl = True
     except trl_bridge.TRLUnavailable:
         have_trl = False
@@ -254,13 +280,21 @@ def check_trl_kwargs(trl_kwargs, hidden: bool = False) -> None:
                 f"trl_kwargs: {course_names[0]!r} is the course's name, not a field of TRL's "
                 "KTOConfig: TRL calls that knob differently (see the table of names)."
             )
-        problem = _kwargs_problem(_effective(got, have_trl), config, n)
+        if _identical(got, trl_mapping.trl_kwargs(config, n)):
+            answers.append((got, None))  # the course's mapping, key for key: TRL's proven run
+            continue
+        args = _trl_args(got) if have_trl else None
+        problem = _kwargs_problem(_effective(got, args), config, n)
         if problem:
             raise CheckFailed(f"trl_kwargs: {problem}")
-        answers.append(got)
+        answers.append((got, args))
     if have_trl:  # the proof: the same steps (one process; the check cannot launch two)
         run = 2 if hidden else 0
-        _run_both(answers[run], cases[run][0], rng)
+        (got, args), (config, n) = answers[run], cases[run]
+        # Arguments that make TRL's KTOConfig the course's mapping's give TRL's proven run; any
+        # other field a learner passed (precision, accumulation, ...) is run for real.
+        if args is not None and not _same_training(args, config, n):
+            _run_both(got, config, rng)
     else:
         print("(TRL is not installed: the keyword arguments were compared, not run; "
               "pip install -e '.[trl]' to run both.)")  # fmt: skip
