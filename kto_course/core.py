@@ -169,7 +169,7 @@ def sequence_logps(token_logps, completion_mask):
 
 
 def log_ratio(logp_theta, logp_ref):
-    """Implied reward r = log pi_theta(y|x) - log pi_ref(y|x) (paper Eq. 5; lesson 01)."""
+    """Implied reward r = log pi_theta(y|x) - log pi_ref(y|x) (inside paper Eq. 7; lesson 01)."""
     logp_theta = _float_array("logp_theta", logp_theta)
     logp_ref = _float_array("logp_ref", logp_ref)
     same_shape(logp_theta=logp_theta, logp_ref=logp_ref)
@@ -222,7 +222,7 @@ def mismatched_indices(batch_size: int, convention: str = "trl") -> np.ndarray:
 
 
 def z0_estimate(mismatched_r, clamp: bool = True):
-    """z0 = max(0, mean_j r(x_j, y'_j)) over the mismatched pairs of a microbatch (paper Eq. 6).
+    """z0 = max(0, mean_j r(x_j, y'_j)) over the mismatched pairs of a microbatch (paper §4.1).
 
     Lesson 02. ``mismatched_r`` has shape (B,), or (..., B) for many microbatches at once (one
     z0 each, as in lesson 02's spread demo). ``clamp=False`` shows the raw estimate (it can be
@@ -243,7 +243,7 @@ def z0_estimate(mismatched_r, clamp: bool = True):
 
 
 def value_desirable(delta, beta, lambda_D=1.0):
-    """v_D = lambda_D * sigmoid(beta * delta), delta = r - z0 (paper Eq. 7; lesson 03)."""
+    """v_D = lambda_D * sigmoid(beta * delta), delta = r - z0 (Eq. 7, w(y) inside; lesson 03)."""
     delta = _float_array("delta", delta)
     beta = require_positive("beta", beta)
     lambda_D = require_positive("lambda_D", lambda_D, allow_zero=True)
@@ -251,7 +251,7 @@ def value_desirable(delta, beta, lambda_D=1.0):
 
 
 def value_undesirable(delta, beta, lambda_U=1.0):
-    """v_U = lambda_U * sigmoid(-beta * delta), delta = r - z0 (paper Eq. 7; lesson 03)."""
+    """v_U = lambda_U * sigmoid(-beta * delta), delta = r - z0 (Eq. 7, w(y) inside; lesson 03)."""
     delta = _float_array("delta", delta)
     beta = require_positive("beta", beta)
     lambda_U = require_positive("lambda_U", lambda_U, allow_zero=True)

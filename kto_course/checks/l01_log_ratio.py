@@ -101,7 +101,7 @@ def check_sequence_logps(sequence_logps, hidden: bool = False) -> None:
 
 
 def check_log_ratio(log_ratio, hidden: bool = False) -> None:
-    """Exercise 01.2: the implied reward r = log pi_theta(y|x) - log pi_ref(y|x) (paper Eq. 5)."""
+    """Exercise 01.2: the implied reward r = log pi_theta(y|x) - log pi_ref(y|x) (paper Eq. 7)."""
     name = "log_ratio"
     rng = case_rng(LESSON, 2, hidden)
     cases = []

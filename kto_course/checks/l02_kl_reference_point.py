@@ -149,7 +149,7 @@ def _z0_case(rng: np.random.Generator, size: int, mean: float) -> np.ndarray:
 
 
 def check_z0_estimate(z0_estimate, hidden: bool = False) -> None:
-    """Exercise 02.3: z0 = max(0, mean of the mismatched r) (paper Eq. 6, as trainers do it)."""
+    """Exercise 02.3: z0 = max(0, mean of the mismatched r) (paper §4.1, as trainers do it)."""
     name = "z0_estimate"
     rng = case_rng(LESSON, 3, hidden)
     plan = ((6, 0.6), (8, -0.5), (16, 0.3), (5, 1.2))
