@@ -498,7 +498,7 @@ def browser_page(browser):
 
         def only_loopback(route):
             if urlsplit(route.request.url).hostname in LOOPBACK or route.request.url.startswith(
-                ("data:", "blob:")
+                ("data:", "blob:", "file:")  # this machine's own files (a feedback page)
             ):
                 page.loopback_requests += 1
                 route.continue_()
@@ -786,6 +786,52 @@ def test_jupyterlab_run_all_and_demos(lesson, browser, tmp_path):
             assert_clean(page, server)
             procs.record(server.proc.pid)
         assert procs.kernels(), "no kernel process was seen: did JupyterLab start one?"
+    finally:
+        server.stop()
+        leftovers = procs.leftovers()
+    assert_stopped(server, leftovers)
+
+
+# MathJax has typeset the page: no job pending, and rendered math on it.
+MATHJAX_DONE_JS = """
+() => window.MathJax && MathJax.Hub && MathJax.Hub.queue.pending === 0
+  && document.querySelectorAll('.MathJax, .MathJax_Display').length > 0
+"""
+# Markdown cells whose text still shows $...$ (TeX that MathJax did not typeset).
+RAW_TEX_JS = """
+() => [...document.querySelectorAll('.text_cell_render')].map(e => e.innerText)
+  .filter(t => /\\$[^$\\n]+\\$/.test(t)).length
+"""
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(300, method="signal")
+def test_feedback_page_typesets_math_offline(browser, tmp_path):
+    """The feedback page of `kto-course submit` shows its math typeset with every request off
+    the machine refused: opened as a file, and shown by a Jupyter server under /files/."""
+    from kto_course import cli
+
+    notebook = copy_notebook("01_log_ratio", tmp_path / "served")
+    feedback = notebook.parent / "feedback"
+    assert cli.main(["submit", str(notebook), "--feedback-dir", str(feedback)]) == 0
+    page_file = feedback / "01_log_ratio.html"
+    assert "cdnjs" not in page_file.read_text("utf-8")
+    procs = Processes()
+    server = Server("lab", notebook, tmp_path)
+    try:
+        server.start()
+        procs.record(server.proc.pid)
+        served = f"http://127.0.0.1:{server.port}/files/feedback/{page_file.name}?token={server.token}"
+        for url in (page_file.as_uri(), served):
+            with browser_page(browser) as page:
+                page.goto(url)
+                page.wait_for_function(MATHJAX_DONE_JS, timeout=60_000, polling=250)
+                assert page.evaluate(RAW_TEX_JS) == 0, f"{url}: TeX left untypeset"
+                assert not page.aborted, f"{url}: requests off the machine: {page.aborted}"
+                assert not page.errors, f"{url}: uncaught errors: {page.errors}"
+                shots = SCREENSHOTS / "feedback"
+                shots.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(shots / f"{urlsplit(url).scheme}.png"))
     finally:
         server.stop()
         leftovers = procs.leftovers()

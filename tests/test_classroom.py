@@ -153,6 +153,8 @@ def test_feedback_has_scores_and_no_hidden_tests(classroom):
     assert hidden
     for line in hidden:
         assert line not in text and line not in page
+    # MathJax offline (the course's template, through the written nbgrader_config.py).
+    assert "cdnjs" not in page and grading.nbgrader_app.mathjax_file() in page
 
 
 def test_export_csv_has_the_scores(classroom):

@@ -441,6 +441,26 @@ def test_submit_writes_feedback_without_hidden_tests(submitted_json):
         assert line not in text and line not in page
 
 
+def test_feedback_page_loads_mathjax_from_this_machine(submitted_json):
+    """No CDN (raw TeX offline): jupyter-server-mathjax's copy, which exists. The browser test
+    test_feedback_page_typesets_math_offline opens such a page with the network refused."""
+    page = (submitted_json["feedback_dir"] / f"{FIXTURE}.html").read_text("utf-8")
+    url = grading.nbgrader_app.mathjax_file()
+    assert url.startswith("file://") and Path(url.removeprefix("file://")).is_file()
+    assert f'var file = "{url}";' in page and "/static/jupyter_server_mathjax/" in page
+    assert "cdnjs" not in page and not re.search(r'(src|href)="https?:', page.split("<body")[0])
+
+
+def test_feedback_shows_a_widget_as_one_line():
+    from kto_course.grading.nbgrader_app import WIDGET_NOTE, WIDGET_VIEW, StaticWidgets
+
+    cell = nbformat.v4.new_code_cell("demos.margin()")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={
+        WIDGET_VIEW: {"model_id": "abc", "version_major": 2}, "text/plain": "VBox(...)"})]
+    cell, _ = StaticWidgets().preprocess_cell(cell, {}, 0)
+    assert cell.outputs[0]["data"] == {"text/plain": WIDGET_NOTE}
+
+
 def test_submit_prints_a_clean_report(learner_copy, tmp_path, capsys):
     rc, out, err = _submit([learner_copy, "--feedback-dir", tmp_path / "fb"], capsys)
     assert rc == 0, err

@@ -16,6 +16,7 @@ from kto_course.grading.nbgrader_app import (
     COURSE_ID,
     DEFAULT_TIMEOUT,
     FEEDBACK_PREPROCESSORS,
+    FEEDBACK_TEMPLATE,
     SANITIZE_PREPROCESSORS,
     course_config,
     new_course,
@@ -45,6 +46,10 @@ c.OverwriteCells.add_missing_cells = True
 
 # Feedback without hidden tests: neither their source nor their tracebacks.
 c.GenerateFeedback.preprocessors = {feedback!r}
+# The feedback page with MathJax loaded offline (jupyter-server-mathjax), not from a CDN.
+c.HTMLExporter.template_name = {template[template_name]!r}
+c.HTMLExporter.extra_template_basedirs = {template[extra_template_basedirs]!r}
+c.HTMLExporter.filters = {template[filters]!r}
 
 # Grade the function, not the kernel (kto_course/grading/verdicts.py): duplicated cells and
 # another lesson's notebook are handled before DeduplicateIds; a dead or hung kernel stops
@@ -161,6 +166,7 @@ def make_course(
             timeout=timeout,
             extra=list(config.Execute.extra_arguments),
             feedback=list(FEEDBACK_PREPROCESSORS),
+            template=FEEDBACK_TEMPLATE,
             sanitize=list(SANITIZE_PREPROCESSORS),
             autograde=list(AUTOGRADE_PREPROCESSORS),
         ),

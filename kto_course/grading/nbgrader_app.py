@@ -50,6 +50,27 @@ class HideHiddenTestTracebacks(Preprocessor):
         return cell, resources
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_NOTE = "(an interactive demo: open the notebook in JupyterLab to use it)"
+
+
+class StaticWidgets(Preprocessor):
+    """Feedback: a demo's widget output becomes one line of text.
+
+    A static page has no kernel to drive a widget, and nbconvert renders a widget view with a
+    script that needs jQuery, which nbgrader's feedback page does not load: the page raised
+    "$ is not defined" once per demo and showed nothing.
+    """
+
+    enabled = Bool(True)
+
+    def preprocess_cell(self, cell, resources, index):
+        for output in cell.get("outputs", []):
+            if WIDGET_VIEW in output.get("data", {}):
+                output["data"] = {"text/plain": WIDGET_NOTE}
+        return cell, resources
+
+
 class RestoreLockedCells(OverwriteCells):
     """nbgrader's OverwriteCells without its false alarm on honest submissions (nbgrader issue
     #1961).
@@ -89,9 +110,31 @@ def _same(a: str, b: str) -> bool:
 FEEDBACK_PREPROCESSORS = [
     "nbgrader.preprocessors.GetGrades",
     "kto_course.grading.nbgrader_app.HideHiddenTestTracebacks",
+    "kto_course.grading.nbgrader_app.StaticWidgets",
     "nbgrader.preprocessors.ClearHiddenTests",
     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
 ]
+
+
+# The feedback page: nbgrader's, with MathJax loaded offline (templates/kto_feedback/).
+FEEDBACK_TEMPLATE = Config(
+    template_name="kto_feedback",
+    extra_template_basedirs=[
+        str(Path(__file__).parent / "templates"),
+        str(Path(utils.__file__).parent / "server_extensions" / "formgrader" / "templates"),
+    ],
+    filters={"kto_mathjax_file": "kto_course.grading.nbgrader_app.mathjax_file"},
+)
+
+
+def mathjax_file(_: str = "") -> str:
+    """file:// URL of jupyter-server-mathjax's MathJax.js (a Jinja filter of the feedback page);
+    "" without the package, and the page then shows raw TeX."""
+    try:
+        import jupyter_server_mathjax
+    except ImportError:
+        return ""
+    return (Path(jupyter_server_mathjax.__file__).parent / "static" / "MathJax.js").as_uri()
 
 
 # nbgrader's autograde pipeline with the course's three steps (kto_course/grading/verdicts.py):
@@ -144,6 +187,7 @@ def course_config(
     # A learner who deleted a test cell still gets it graded instead of a silent zero.
     c.OverwriteCells.add_missing_cells = True  # RestoreLockedCells inherits it
     c.GenerateFeedback.preprocessors = list(FEEDBACK_PREPROCESSORS)
+    c.HTMLExporter.merge(FEEDBACK_TEMPLATE)
     c.Autograde.sanitize_preprocessors = list(SANITIZE_PREPROCESSORS)
     c.Autograde.autograde_preprocessors = list(AUTOGRADE_PREPROCESSORS)
     return c
