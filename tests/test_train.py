@@ -188,9 +188,16 @@ def test_cli_train_prints_a_json_summary_and_saves(tmp_path, capsys):
     load_model(out)
 
 
-def test_live_training_plots_the_history():
+def test_live_training_plots_the_history(monkeypatch):
+    import IPython.display
+
+    shown = []  # what the learner sees the moment the box appears, before the first step
+    monkeypatch.setattr(IPython.display, "display", lambda box: shown.append(
+        (box.children[0].value, box.children[1].value)))  # fmt: skip
     trainer = _trainer(steps=4, eval_every=2, eval_samples=32)
     summary = demos.live_training(trainer, every=2)
+    (readout, png), = shown
+    assert readout == "no steps yet" and bytes(png[:4]) == b"\x89PNG"  # axes, not a broken icon
     assert summary["steps"] == 4 and len(trainer.evals) == 3
     fig, readout = figures.training_curves(trainer.history, trainer.evals)
     assert "step 4" in readout and "desirable" in readout

@@ -61,6 +61,7 @@ def live_training(trainer, steps: int | None = None, every: int = 10) -> dict:
         if len(t.history) % every == 0:
             refresh()
 
+    refresh()  # empty axes and "no steps yet" at once: an Image without a value is a broken icon
     display(box)
     summary = trainer.train(steps, callback=callback)
     refresh()
