@@ -569,6 +569,14 @@ def move_control(page, box, move: specs.Move) -> None:
         raise AssertionError(f"no way to move a control of class {kind!r} ({move.control!r})")
 
 
+# The width of each slider's track (without its label and readout) in a demo box.
+SLIDER_TRACKS_JS = """
+(box) => [...box.querySelectorAll('.widget-slider .slider-container')]
+  .map(e => Math.round(e.getBoundingClientRect().width))
+"""
+MIN_TRACK_PX = 200
+
+
 def drive_demos(page, lesson: str, shots: Path) -> list[Path]:
     """Drive every demo of a loaded page as its spec says; a screenshot of each into ``shots``."""
     demos = specs.specs_for(lesson)
@@ -583,6 +591,11 @@ def drive_demos(page, lesson: str, shots: Path) -> list[Path]:
             f"{lesson} demo {i} ({demo.name}): expected a {demo.selector} box here"
         )
         box.scroll_into_view_if_needed()
+        tracks = box.evaluate(SLIDER_TRACKS_JS)
+        assert all(w >= MIN_TRACK_PX for w in tracks), (
+            f"{lesson} demo {i} ({demo.name}): slider tracks {tracks} px wide, under "
+            f"{MIN_TRACK_PX} px: too short to drag to a value"
+        )
         if not demo.steps:
             seen = snapshot(box)
             problems = specs.failures(demo, seen, seen)

@@ -15,6 +15,8 @@ from kto_course import figures
 
 __all__ = ["make_demo", "slider"]
 
+SLIDER_WIDTH = "460px"  # label, track and readout together; two fit side by side
+
 
 def make_demo(title: str, controls: dict, render: Callable[..., tuple]) -> widgets.VBox:
     """Wire ``controls`` to ``render(**values) -> (fig, readout_html)``; re-render on change.
@@ -68,6 +70,9 @@ def slider(
         "description": description,
         "continuous_update": False,
         "style": {"description_width": label_width},
+        # ipywidgets' default (300 px with the label and readout) left a 103 px track for
+        # -30..30: too short to set a value by dragging.
+        "layout": widgets.Layout(width=SLIDER_WIDTH),
     }
     if step is not None:
         options["step"] = step
