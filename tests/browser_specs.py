@@ -478,10 +478,6 @@ LESSONS: dict[str, tuple[Demo, ...]] = {
     ),
 }
 
-# The lesson opened in JupyterLab (Run All, then its demos driven there too); the fixture until
-# that lesson exists. The cheapest lesson with a demo: Run All executes every cell.
-LAB_LESSON = "03_value_and_loss"
-
 # Lessons without a demo, opened in JupyterLab and run with Run All only: the text their
 # outputs must show at the end (proof that the lesson's real work ran, not a skip message).
 RUN_ALL_SHOWS = {"07_graduate_to_trl": "max |diff| loss"}

@@ -1,15 +1,18 @@
-"""The demos in a real browser: Chromium drives Voila (every lesson) and JupyterLab (one lesson).
+"""The demos in a real browser: Chromium drives Voila (every lesson) and JupyterLab (every lesson).
 
 For each lesson with a demo, a temporary copy of its solution notebook is served by Voila (one
 server and one page load per lesson, executed with KTO_COURSE_QUICK=1); every demo is driven as
 ``browser_specs.py`` says: move a control, wait until the readout and plot show what the lesson
-promises, screenshot the demo into ``screenshots/<lesson>/``. One lesson is also opened in
-JupyterLab (with the learner's profile, ``jupyter/learner/``, as ``make lab`` opens it: no
-instructor panel, Validate kept), run with Run All, and driven the same way. Every test also
+promises, screenshot the demo into ``screenshots/<lesson>/``. Every lesson's untouched student
+version is also opened in JupyterLab (with the learner's profile, ``jupyter/learner/``, as
+``make lab`` opens it: no instructor panel, Validate kept) and run with Run All: it must reach
+the last cell, its only errors the unanswered checks, each one line with no frame of the
+checker (screenshots in ``screenshots/lab_<lesson>_page/``: the page, the first failed check);
+then its demos are driven the same way, or, in a lesson without demos
+(``browser_specs.RUN_ALL_SHOWS``: lesson 07), its experiments' output must show. Every test also
 checks that no traceback is shown or logged, that the page raised no uncaught error, that no
 request left loopback and that every server, kernel and browser process it started has
-exited. Lessons without a demo (``browser_specs.RUN_ALL_SHOWS``: lesson 07) are run with Run
-All in JupyterLab and must show their experiments' output.
+exited. The feedback page of ``kto-course submit`` must typeset its math offline.
 
 Chromium: Debian's (``apt-get install chromium``; ``.ci/run`` installs it) or the path in
 $KTO_COURSE_CHROMIUM. Without it these tests are skipped, except in CI (CI=true): there they fail.
@@ -43,6 +46,7 @@ from kto_course import system
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = ROOT / "solutions"
+NOTEBOOKS = ROOT / "notebooks"
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures" / "browser"
 SCREENSHOTS = ROOT / "screenshots"
 LEARNER_PROFILE = ROOT / "jupyter" / "learner"
@@ -74,17 +78,15 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def notebook_of(lesson: str) -> Path:
-    folder = FIXTURE_DIR if lesson == specs.FIXTURE else SOLUTIONS
+def notebook_of(lesson: str, student: bool = False) -> Path:
+    """The solution notebook (Voila, the demos), or with ``student`` the learner's untouched
+    version (JupyterLab Run All); the fixture lesson has one version."""
+    folder = FIXTURE_DIR if lesson == specs.FIXTURE else NOTEBOOKS if student else SOLUTIONS
     return folder / f"{lesson}.ipynb"
 
 
 def lessons_with_demos() -> list[str]:
     return [nb.stem for nb in sorted(SOLUTIONS.glob("*.ipynb")) if specs.demo_calls(nb)]
-
-
-def lab_lesson() -> str:
-    return specs.LAB_LESSON if specs.LAB_LESSON in lessons_with_demos() else specs.FIXTURE
 
 
 def load_s(lesson: str) -> float:
@@ -650,6 +652,38 @@ def assert_clean(page, server: Server) -> None:
     assert page.loopback_requests > 0, "the loopback guard saw no request: is page.route active?"
 
 
+# The error outputs on a JupyterLab page (a check cell's CheckFailed, a raised exception).
+ERROR_OUTPUT = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
+ERROR_OUTPUTS_JS = "(s) => [...document.querySelectorAll(s)].map(e => e.innerText.trim())"
+
+
+def unanswered(error: str) -> bool:
+    """An unanswered exercise's error, as tests/test_notebooks.py allows it: the exercise's own
+    NotImplementedError, or its check's one-line CheckFailed that names it."""
+    return error.startswith("NotImplementedError") or (
+        error.startswith("CheckFailed") and "NotImplementedError" in error
+    )
+
+
+def assert_unanswered_checks(page, lesson: str, shots: Path) -> None:
+    """Run All of an untouched student version: the kernel's only errors are unanswered
+    exercises', each shown as one line with no frame of the checker; a screenshot of the
+    first into ``shots``."""
+    others = [e for e in page.kernel_errors if not unanswered(e)]
+    assert not others, f"{lesson}: Run All raised more than unanswered checks: {others}"
+    page.kernel_errors = []  # what remains is what assert_clean looks for
+    shown = page.evaluate(ERROR_OUTPUTS_JS, ERROR_OUTPUT)
+    for text in shown:
+        assert unanswered(text) and "\n" not in text and "kto_course/" not in text, (
+            f"{lesson}: a failed check shows more than its one-line message:\n{text[:1500]}"
+        )
+    if lesson != specs.FIXTURE:
+        assert shown, f"{lesson}: an untouched student version shows no failed check"
+        first = page.locator(ERROR_OUTPUT).first
+        first.scroll_into_view_if_needed()
+        page.screenshot(path=str(shots / "failed_check.png"))
+
+
 def assert_learner_lab(page, server: Server) -> None:
     """The learner's profile: nbgrader's Validate button, no instructor panel, menu or error."""
     menus = page.evaluate(
@@ -668,10 +702,10 @@ def assert_learner_lab(page, server: Server) -> None:
     assert "ExchangeError" not in log and "exchange" not in log.lower(), log[-3000:]
 
 
-def copy_notebook(lesson: str, root: Path) -> Path:
+def copy_notebook(lesson: str, root: Path, student: bool = False) -> Path:
     """A temporary copy to serve: the committed notebook is never opened by a server."""
     root.mkdir(parents=True)
-    source = notebook_of(lesson)
+    source = notebook_of(lesson, student)
     copy = root / source.name
     shutil.copyfile(source, copy)
     if lesson == specs.FIXTURE:
@@ -750,7 +784,7 @@ LAB_ALL_RUN_JS = """
 
 
 def _lab_params():
-    lessons = [lab_lesson(), *(n for n in specs.RUN_ALL_SHOWS if notebook_of(n).exists())]
+    lessons = [nb.stem for nb in sorted(NOTEBOOKS.glob("*.ipynb"))] or [specs.FIXTURE]
     return [
         pytest.param(
             lesson,
@@ -765,9 +799,11 @@ def _lab_params():
 
 @pytest.mark.parametrize("lesson", _lab_params())
 def test_jupyterlab_run_all_and_demos(lesson, browser, tmp_path):
-    """A learner's path: open the lesson in JupyterLab, Run All, play with every demo (or, in a
-    lesson without demos, read the text its last experiments print)."""
-    notebook = copy_notebook(lesson, tmp_path / "served")
+    """A new learner's path: open the untouched student version in JupyterLab, Run All. It must
+    reach the last cell, every error on the way a check of an unanswered exercise shown as its
+    one-line message; then play with every demo (or, in a lesson without demos, read the text
+    its last experiments print)."""
+    notebook = copy_notebook(lesson, tmp_path / "served", student=True)
     procs = Processes()
     server = Server("lab", notebook, tmp_path)
     try:
@@ -791,11 +827,13 @@ def test_jupyterlab_run_all_and_demos(lesson, browser, tmp_path):
                     f"{lesson}: Run All finished, but no output shows "
                     f"{specs.RUN_ALL_SHOWS[lesson]!r}; the page ends {text.strip()[-500:]!r}"
                 )
-            else:
+            elif specs.specs_for(lesson):
                 drive_demos(page, lesson, fresh_dir(SCREENSHOTS / f"lab_{lesson}"))
             page.wait_for_function(LAB_IDLE_JS, timeout=60_000, polling=250)
             assert_learner_lab(page, server)
-            page.screenshot(path=str(fresh_dir(SCREENSHOTS / f"lab_{lesson}_page") / "lab.png"))
+            shots = fresh_dir(SCREENSHOTS / f"lab_{lesson}_page")
+            page.screenshot(path=str(shots / "lab.png"))
+            assert_unanswered_checks(page, lesson, shots)
             assert_clean(page, server)
             procs.record(server.proc.pid)
         assert procs.kernels(), "no kernel process was seen: did JupyterLab start one?"
