@@ -12,13 +12,12 @@ import pytest
 import torch
 
 from kto_course import cli, core, demos, figures
-from kto_course.lm import load_model, load_reference, task
+from kto_course.lm import load_model, load_reference, sampling, task
 from kto_course.lm.sampling import encode
 from kto_course.train import (
     GPU_PRESET,
     KTOConfig,
     KTOTrainer,
-    encode_rows,
     from_reference,
     learning_rate_factor,
     sequence_logps_of,
@@ -336,8 +335,8 @@ def test_joint_tokenization_and_max_length():
     _, tokenizer = load_reference()
     rows = _offline_rows(8)
     prompts, completions = [r["prompt"] for r in rows], [r["completion"] for r in rows]
-    joint = encode_rows(tokenizer, prompts, completions, KTOConfig(tokenization="joint"))
-    apart = encode_rows(tokenizer, prompts, completions, KTOConfig())
+    joint = sampling.encode_rows(tokenizer, prompts, completions, "joint")
+    apart = sampling.encode_rows(tokenizer, prompts, completions)
     eos = tokenizer.eos_token_id
     for p, c, text_p, text_c in zip(*joint, prompts, completions, strict=True):
         assert c[-1] == eos and tokenizer.decode(p + c[:-1]) == text_p + text_c

@@ -83,14 +83,16 @@ def warm_imports(setup: str) -> None:
     notebook's, the course's code; what graded code never needs (``STAND_INS``) is skipped."""
     import importlib
 
+    from kto_course.grading.worker import setup_statements
+
     try:
-        tree = ast.parse(setup)
+        imports, _ = setup_statements(setup)
     except SyntaxError:
         return
-    for node in tree.body:
+    for node in imports:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        elif node.module and not node.level:
             names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
         else:
             continue

@@ -286,6 +286,18 @@ def _stand_ins(names) -> None:
             setattr(sys.modules[parent], child, module)
 
 
+def setup_statements(source: str) -> tuple[list, list]:
+    """The lesson's setup cell as (its top-level import statements, the other statements), ast
+    nodes; SyntaxError if it does not parse. The worker runs the imports at once and the rest
+    on demand (``_split_setup``); the grading process imports the same modules meanwhile
+    (``verdicts.warm_imports``)."""
+    import ast
+
+    body = ast.parse(source).body
+    imports = [n for n in body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    return imports, [n for n in body if n not in imports]
+
+
 def _split_setup(source: str):
     """(the setup's import statements, the rest or None, the names the rest binds).
 
@@ -294,9 +306,7 @@ def _split_setup(source: str):
     imports all of TRL) and only matters to an answer that names what it binds."""
     import ast
 
-    tree = ast.parse(source)
-    imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    rest = [n for n in tree.body if not isinstance(n, (ast.Import, ast.ImportFrom))]
+    imports, rest = setup_statements(source)
     names = set()
     for node in ast.walk(ast.Module(body=rest, type_ignores=[])):
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):

@@ -13,8 +13,8 @@ import torch
 
 from kto_course.lm import fast, task
 
-__all__ = ["encode", "encode_ids", "pairs", "padded", "sample", "sample_seeded", "evaluate",
-           "adjective_probs", "MAX_NEW_TOKENS"]  # fmt: skip
+__all__ = ["encode", "encode_ids", "encode_rows", "pairs", "padded", "sample", "sample_seeded",
+           "evaluate", "adjective_probs", "MAX_NEW_TOKENS"]  # fmt: skip
 
 # A completion is 6 tokens plus <eos>; anything still going after 12 cannot be well formed.
 MAX_NEW_TOKENS = 12
@@ -40,6 +40,36 @@ def encode(tokenizer, prompts, completions, device="cpu") -> dict[str, torch.Ten
     completion_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
     return encode_ids(prompt_ids, completion_ids, tokenizer.eos_token_id,
                       tokenizer.pad_token_id, device)  # fmt: skip
+
+
+def encode_rows(tokenizer, prompts, completions, tokenization: str = "separate"):
+    """Token ids (prompt_ids, completion_ids) per row, tokenized the way ``tokenization`` says.
+
+    separate: lesson 06's ``encode`` (apart, completion capped, + <eos>); joint: TRL's
+    (the prompt alone and prompt + completion + "<eos>" text, split at their common prefix).
+    """
+    if tokenization == "separate":
+        prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        completion_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+        completion_ids = [ids[:MAX_COMPLETION_TOKENS] + [tokenizer.eos_token_id]
+                          for ids in completion_ids]  # fmt: skip
+        return prompt_ids, completion_ids
+    alone = tokenizer(list(prompts))["input_ids"]
+    full = tokenizer(
+        [p + c + tokenizer.eos_token for p, c in zip(prompts, completions, strict=True)]
+    )["input_ids"]
+    split = [_common_prefix(a, b) for a, b in zip(alone, full, strict=True)]
+    return [a[:n] for a, n in zip(alone, split, strict=True)], [
+        b[n:] for b, n in zip(full, split, strict=True)]  # fmt: skip
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def padded(rows: list[list[int]], pad_id: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
