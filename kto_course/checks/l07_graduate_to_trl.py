@@ -208,8 +208,6 @@ def _rows(rng, n: int = 48) -> list[dict]:
             for p, c, y in zip(prompts, completions, labels, strict=True)]  # fmt: skip
 
 
-
-
 def _run_both(kwargs: dict, config, rng) -> None:
     """A few steps of TRL with the learner's keyword arguments (plus the fixed TRL-matching
     settings) against the course's TRL-matching trainer with ``config``: the same per-step loss,
