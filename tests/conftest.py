@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import statistics
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+_SESSION_START = time.time()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The demos' redraw latencies that this run's browser tests measured: median per demo."""
+    found = sorted(
+        p for p in (ROOT / "screenshots").glob("*/latency.json")
+        if p.stat().st_mtime >= _SESSION_START
+    )  # fmt: skip
+    if not found:
+        return
+    terminalreporter.section("demo redraw latency (ms, input event to frame and readout)")
+    for path in found:
+        for name, values in json.loads(path.read_text()).items():
+            what = "frames" if "frames for" in name else "median ms"
+            terminalreporter.write_line(
+                f"{path.parent.name:38s} {name:52s} {what} {statistics.median(values):7.1f}"
+                f"  (of {len(values)})"
+            )
 
 
 def unanswered(ename: str, evalue: str) -> bool:

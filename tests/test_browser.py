@@ -194,26 +194,83 @@ def _python_move(box, move: specs.Move) -> None:
 
 
 def _python_snapshot(box) -> specs.Snapshot:
-    plot = hashlib.sha256(box.plot.value).hexdigest()
+    from kto_course import figures
+
+    plot = hashlib.sha256(figures.png_bytes(box.figure)).hexdigest()
     return specs.Snapshot(specs.readout_text(box.readout.value), plot)
 
 
 @pytest.mark.parametrize("lesson", [specs.FIXTURE, *specs.LESSONS])
 def test_specs_hold_in_python(lesson):
-    """Each spec's moves are possible and its expectations hold when driven from Python.
+    """Each spec's moves are possible and its expectations hold when driven from Python, and
+    the controls set back to their first values show the first frame again.
 
     Catches a wrong spec (a label, an option, a direction) before a browser is involved.
     """
+    import ipywidgets as widgets
+
     demos = _import_demos(lesson)
     for demo in specs.specs_for(lesson):
         if not demo.steps:  # a watched demo (a training run): only the browser test sees it
             continue
         box = getattr(demos, demo.name)()
+        start, values = _python_snapshot(box), {n: c.value for n, c in box.controls.items()}
         for step in demo.steps:
             before = _python_snapshot(box)
             _python_move(box, step.move)
             problems = specs.failures(step, before, _python_snapshot(box))
             assert not problems, f"{lesson} {demo.name}, moving {step.move}: {problems}"
+        if any(isinstance(c, widgets.Button) for c in box.controls.values()):
+            continue  # a button's click (a new sample) cannot be undone
+        # Each frame redraws the demo's one figure: nothing a frame set may leak into the next.
+        for name, value in reversed(values.items()):
+            box.controls[name].value = value
+        assert _python_snapshot(box) == start, f"{lesson} {demo.name}: back at the start, it "
+        "shows another plot or readout than it first did"
+
+
+def test_demo_canvas_draws_only_the_latest_state(monkeypatch):
+    """With a browser attached, a lone move draws at once; moves right after a frame only ask
+    for the next one, and the frame the browser then asks for renders the controls' latest
+    values, once (quick moves queue no redraws)."""
+    from kto_course import demos, figures
+
+    rendered = []
+
+    def render(x):
+        rendered.append(x)
+        fig, ax = figures.new_figure()
+        ax.plot([0.0, 1.0], [0.0, x])
+        return fig, f"x = {x}"
+
+    box = demos.make_demo("t", {"x": demos.slider("x", 1.0, 0.0, 10.0, 0.5)}, render)
+    canvas, sent = box.plot, []
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    engine = canvas.figure.get_layout_engine()
+    assert rendered == [1.0] and not isinstance(engine, ConstrainedLayoutEngine)  # laid out once
+    monkeypatch.setattr(
+        canvas, "send", lambda content, buffers=None: sent.append(json.loads(content["data"]))
+    )
+    canvas._handle_message(canvas, {"type": "initialized"}, [])  # a browser attached
+    rendered.clear()
+    canvas._drawn_at = 0.0  # the last frame is long gone: a lone move draws at once
+    box.controls["x"].value = 2.0
+    assert rendered == [2.0] and box.readout.value == "x = 2.0"
+    assert [m["type"] for m in sent][-1] == "binary"
+    sent.clear()
+    for x in (3.0, 4.0, 5.0, 6.0):  # right after that frame: only ask for the next one
+        box.controls["x"].value = x
+    assert rendered == [2.0] and box.readout.value == "x = 2.0"
+    assert [m["type"] for m in sent] == ["draw"] * 4  # "draw when you can", to the browser
+    sent.clear()
+    canvas._handle_message(canvas, {"type": "draw"}, [])  # the browser asks for a frame
+    assert rendered == [2.0, 6.0] and box.readout.value == "x = 6.0"
+    assert [m["type"] for m in sent] == ["binary"]
+    axes = canvas.figure.axes[0]
+    assert list(axes.lines[0].get_ydata()) == [0.0, 6.0] and len(canvas.figure.axes) == 1
+    canvas._handle_message(canvas, {"type": "draw"}, [])  # nothing new: drawn, not rendered
+    assert rendered == [2.0, 6.0]
 
 
 def test_missing_chromium_skips_locally_and_fails_in_ci(tmp_path):
@@ -414,16 +471,78 @@ SNAPSHOT_JS = """
 async (box) => {
   const htmls = [...box.children].filter(e => e.classList.contains('widget-html'));
   const readout = htmls.length ? htmls[htmls.length - 1].innerText.trim() : '';
+  const canvas = box.querySelector('.jupyter-matplotlib canvas');  // ipympl draws here
   const img = [...box.children].find(e => e.tagName === 'IMG');
-  if (!img || !img.src) return {readout, plot: null};
-  try {  // ipywidgets shows PNG bytes through a blob: URL; hash the bytes, not the URL
-    const bytes = await (await fetch(img.src)).arrayBuffer();
+  if (!(canvas && box.__ktoDraws) && !(img && img.src)) return {readout, plot: null};
+  try {  // hash what the learner sees: the canvas's pixels, or an image's PNG bytes
+    const bytes = canvas && box.__ktoDraws
+      ? new TextEncoder().encode(canvas.toDataURL())
+      : await (await fetch(img.src)).arrayBuffer();
     const digest = await crypto.subtle.digest('SHA-256', bytes);
     const hex = [...new Uint8Array(digest)].map(b => b.toString(16).padStart(2, '0')).join('');
     return {readout, plot: hex};
   } catch (e) {
     return {readout, plot: null};  // the URL was replaced while reading: try again
   }
+}
+"""
+
+# Installed in every page before its scripts: count each demo's frames (ipympl draws each onto
+# its canvas with drawImage; an <img> demo loads a new image) and time the first frame and the
+# first readout change after a control was moved (``ARM_JS``).
+FRAMES_JS = """
+(() => {
+  const DEMO = '.kto-demo, .kto-live-training';
+  const frame = (box) => {
+    box.__ktoDraws = (box.__ktoDraws || 0) + 1;
+    const w = box.__kto;
+    if (w && w.t0 !== null && w.plotAt === null) w.plotAt = performance.now();
+  };
+  const draw = CanvasRenderingContext2D.prototype.drawImage;
+  CanvasRenderingContext2D.prototype.drawImage = function (...args) {
+    const result = draw.apply(this, args);
+    const box = this.canvas.closest && this.canvas.closest(DEMO);
+    if (box) frame(box);
+    return result;
+  };
+  document.addEventListener('load', (e) => {
+    const box = e.target.tagName === 'IMG' && e.target.closest(DEMO);
+    if (box) frame(box);
+  }, true);
+})();
+"""
+
+# Start timing a move: the next click, change or key press in the box is t0; then the first
+# frame and the first change of the readout after it.
+ARM_JS = """
+(box) => {
+  const w = box.__kto = {t0: null, plotAt: null, readoutAt: null};
+  if (!box.__ktoListening) {
+    box.__ktoListening = true;
+    for (const type of ['click', 'change', 'keydown']) {
+      box.addEventListener(type, (e) => {
+        const now = box.__kto;
+        if (now && now.t0 === null) now.t0 = performance.now();
+      }, true);
+    }
+  }
+  const htmls = [...box.children].filter(e => e.classList.contains('widget-html'));
+  const readout = htmls[htmls.length - 1];
+  if (box.__ktoObserver) box.__ktoObserver.disconnect();
+  box.__ktoObserver = new MutationObserver(() => {
+    if (w.t0 !== null && w.readoutAt === null) w.readoutAt = performance.now();
+  });
+  if (readout) {
+    box.__ktoObserver.observe(readout, {childList: true, subtree: true, characterData: true});
+  }
+}
+"""
+LATENCY_JS = """
+(box) => {
+  const w = box.__kto;
+  if (!w || w.t0 === null) return null;
+  const seen = [w.plotAt, w.readoutAt].filter(t => t !== null);
+  return seen.length ? Math.max(...seen) - w.t0 : null;
 }
 """
 
@@ -455,8 +574,7 @@ MARK_CONTROL_JS = """
 BOXES = f"{specs.DEMO}, {specs.LIVE}"  # every demo box, in page order
 SHOWN_JS = """
 ([selector, n]) => document.querySelectorAll(selector).length >= n
-  && [...document.querySelectorAll(selector)].every(b => [...b.children].some(
-       e => e.tagName === 'IMG' && e.src))
+  && [...document.querySelectorAll(selector)].every(b => b.__ktoDraws > 0)
 """
 
 TRACEBACK_JS = """
@@ -509,6 +627,7 @@ def browser_page(browser):
                 route.abort()
 
         context.route("**/*", only_loopback)
+        context.add_init_script(FRAMES_JS)
         # A widget callback that raises shows nothing on the page (the demo just does not
         # update): catch the kernel's error messages on their way to the browser.
         page.kernel_errors = []
@@ -544,19 +663,23 @@ def snapshot(box, timeout_s: float = 10.0) -> specs.Snapshot:
 
 
 def move_control(page, box, move: specs.Move) -> None:
-    """Move a control as a learner would: type into a slider's readout, click, select."""
+    """Move a control as a learner would: type into a slider's readout, click, select. The
+    latency watch (``ARM_JS``) starts right before the action that sends the new value."""
     kind = box.evaluate(MARK_CONTROL_JS, [move.control, str(move.to)])
     assert not kind.startswith("missing"), f"no control labelled {move.control!r}: {kind}"
     target = box.locator("[data-kto-target]")
     if "widget-slider" in kind:
-        # The slider's readout is editable: type the value, Enter (continuous_update=False
-        # sends it once, like releasing the handle).
+        # The slider's readout is editable: type the value, Enter sends it once (as releasing
+        # the handle after a drag does).
         readout = target.locator(".widget-readout")
         readout.click()
         page.keyboard.press("Control+A")
         page.keyboard.type(str(move.to))
+        box.evaluate(ARM_JS)
         page.keyboard.press("Enter")
-    elif "widget-toggle-buttons" in kind or "widget-radio" in kind:
+        return
+    box.evaluate(ARM_JS)
+    if "widget-toggle-buttons" in kind or "widget-radio" in kind:
         target.get_by_text(str(move.to), exact=True).click()
     elif "widget-dropdown" in kind:
         target.locator("select").select_option(label=str(move.to))
@@ -586,7 +709,7 @@ def drive_demos(page, lesson: str, shots: Path) -> list[Path]:
     assert boxes.count() == len(demos), (
         f"{lesson}: the page shows {boxes.count()} demos, the spec drives {len(demos)}"
     )
-    paths = []
+    paths, latencies = [], {}
     for i, demo in enumerate(demos):
         box = boxes.nth(i)
         assert box.evaluate("(e, s) => e.matches(s)", demo.selector), (
@@ -622,10 +745,69 @@ def drive_demos(page, lesson: str, shots: Path) -> list[Path]:
                 f"{step.move.to!r}: {problems}; readout before {before.readout!r}, "
                 f"after {after.readout!r}; kernel errors: {page.kernel_errors}"
             )
+            latency = box.evaluate(LATENCY_JS)
+            assert latency is not None, f"{lesson} {demo.name}: no frame or readout change seen"
+            latencies.setdefault(demo.name, []).append(round(latency, 1))
+        if demo.steps and _first_slider(box) is not None:
+            latencies[f"{demo.name}: frames for 5 quick key presses"] = [
+                rapid_presses(page, box, lesson, demo.name)
+            ]
         path = shots / f"{i + 1:02d}_{demo.name}.png"
         box.screenshot(path=str(path))
         paths.append(path)
+    (shots / LATENCY_FILE).write_text(json.dumps(latencies, indent=1))
     return paths
+
+
+# Each driven page's redraw latencies (ms from the input event to the frame and the readout
+# showing the change, per demo) land in its screenshot folder; conftest prints their medians.
+LATENCY_FILE = "latency.json"
+PRESSES = 5
+
+
+def _first_slider(box):
+    sliders = box.locator(".widget-slider .noUi-handle")
+    return sliders.first if sliders.count() else None
+
+
+def _settle(box) -> int:
+    """Wait until the demo has drawn no new frame for half a second; its frame count."""
+    deadline, last = time.monotonic() + 10, None
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        frames = box.evaluate("(b) => b.__ktoDraws")
+        if frames == last:
+            break
+        last = frames
+    return last
+
+
+def rapid_presses(page, box, lesson: str, name: str) -> int:
+    """Five quick arrow-key presses on a demo's first slider, then five back (left first when
+    it stands at its maximum): at most one frame
+    per press each way, and the demo then shows exactly what it showed before (a frame of a
+    value already left behind, drawn last, would differ). Returns the frames of the first five.
+    """
+    start, errors = snapshot(box), len(page.kernel_errors)
+    handle = _first_slider(box)
+    handle.focus()
+    at_max = handle.get_attribute("aria-valuenow") == handle.get_attribute("aria-valuemax")
+    frames = [_settle(box)]
+    for key in ("ArrowLeft", "ArrowRight") if at_max else ("ArrowRight", "ArrowLeft"):
+        for _ in range(PRESSES):
+            page.keyboard.press(key)
+        frames.append(_settle(box))
+    drawn = [b - a for a, b in zip(frames, frames[1:], strict=False)]
+    assert all(1 <= n <= PRESSES for n in drawn), (
+        f"{lesson} {name}: {PRESSES} quick key presses each way drew {drawn} frames"
+    )
+    back = snapshot(box)
+    assert back == start, (
+        f"{lesson} {name}: after {PRESSES} presses right and {PRESSES} left the demo shows "
+        f"{back.readout!r}, not {start.readout!r} as before (or another plot)"
+    )
+    assert not page.kernel_errors[errors:], f"{lesson} {name}: {page.kernel_errors[errors:]}"
+    return drawn[0]
 
 
 def wait_for_voila(page, server: Server, lesson: str) -> None:

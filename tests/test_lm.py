@@ -174,9 +174,9 @@ def test_adjective_demo_reacts_to_every_control(reference, recwarn):
     demo = demos.adjective_explorer(policy, model, tok)
     seen = {demo.readout.value}
     for name, value in (("rating", "1 star"), ("item", "train"), ("temperature", 2.0)):
-        before = demo.plot.value
+        before = figures.png_bytes(demo.figure)
         demo.controls[name].value = value
-        assert demo.plot.value != before
+        assert figures.png_bytes(demo.figure) != before
         seen.add(demo.readout.value)
     assert len(seen) >= 3 and "nan" not in " ".join(seen)
     for temperature in np.arange(0.3, 2.01, 0.1):  # the slider's whole range

@@ -1,39 +1,114 @@
-"""What every lesson's demo is built from: ``make_demo`` and the course's one slider.
+"""What every lesson's demo is built from: ``make_demo``, its live canvas and the course's slider.
 
 A demo is a VBox whose ``controls`` (name -> widget), ``readout`` (an HTML widget with the
-numbers) and ``plot`` (an Image widget with PNG bytes) can be driven from Python (set
-``.value``, read the readout) as well as in the browser.
+numbers) and ``plot`` (an ipympl canvas showing ``figure``) can be driven from Python (set
+``.value``, read the readout, ``figures.png_bytes(box.figure)``) as well as in the browser.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import ipywidgets as widgets
+from ipympl.backend_nbagg import Canvas, FigureManager
+from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 
 from kto_course import figures
 
-__all__ = ["make_demo", "slider"]
+__all__ = ["make_demo", "slider", "live_canvas"]
 
 SLIDER_WIDTH = "460px"  # label, track and readout together; two fit side by side
+DPI = 80  # the course's figures are sized in inches for this (as figures.png_bytes renders them)
+
+
+class DemoCanvas(Canvas):
+    """An ipympl canvas that draws a demo's latest state once per frame the browser asks for.
+
+    A lone move draws at once. Moves that follow a frame closely only mark the demo stale
+    (``request``): the browser asks for one frame at a time (ipympl waits for each image before
+    asking again), and each frame first brings the figure and readout up to date with the
+    controls' values at that moment. So a fast drag or five quick key presses never queue
+    redraws of values already left behind.
+    """
+
+    RETRY_MS = 50  # the browser ignores a frame request while an earlier frame is on its way
+    IDLE_S = 0.25  # no frame for this long: the last one has surely reached the browser
+    RETRIES = 40  # then ask again, for about 2 s (a closed tab never answers)
+
+    def __init__(self, figure, update: Callable[[], None] | None = None, fixed_layout=True):
+        super().__init__(figure)
+        self.fixed_layout = fixed_layout
+        self.header_visible = self.footer_visible = self.resizable = False
+        self.toolbar_visible = False  # pan and zoom would fight the controls
+        FigureManager(self, 0)  # ipympl draws through a manager; not registered with pyplot
+        self.update, self.stale_state, self._retries, self._drawn_at = update, False, 0, 0.0
+        self._retry = self.new_timer(interval=self.RETRY_MS)
+        self._retry.single_shot = True
+        self._retry.add_callback(self._ask_again)
+
+    def request(self) -> None:
+        """The controls moved: redraw now if the browser has had the last frame a while,
+        else at its next frame request; without a browser, only update the figure."""
+        if self.syncing_data_url:  # no browser has attached (nbclient, Python): update now
+            self.update()
+            return
+        if not self.stale_state and time.monotonic() - self._drawn_at > self.IDLE_S:
+            self.update()  # a lone move: skip the round trip of asking the browser first
+            self.draw()
+            return
+        self.stale_state, self._retries = True, self.RETRIES
+        self.draw_idle()
+        self._retry.start()
+
+    def _ask_again(self) -> None:
+        if self.stale_state and self._retries > 0:
+            self._retries -= 1
+            self.draw_idle()
+            self._retry.start()
+
+    def handle_draw(self, event):
+        if self.stale_state:
+            self.stale_state = False
+            self.update()
+        self.draw()
+
+    def draw(self):
+        super().draw()
+        self._drawn_at = time.monotonic()
+        # Laid out once (constrained layout doubles the cost of a frame); the axes stay put.
+        layout = self.figure.get_layout_engine()
+        if self.fixed_layout and isinstance(layout, ConstrainedLayoutEngine):
+            self.figure.set_layout_engine("none")
+
+
+def live_canvas(update: Callable[[], None] | None = None, fixed_layout=True) -> DemoCanvas:
+    """An empty figure on a ``DemoCanvas``; draw on it inside ``figures.drawing_on``.
+
+    ``fixed_layout=False`` lays out every frame (a plot whose tick labels grow as it fills).
+    """
+    return DemoCanvas(Figure(dpi=DPI), update, fixed_layout)
 
 
 def make_demo(title: str, controls: dict, render: Callable[..., tuple]) -> widgets.VBox:
-    """Wire ``controls`` to ``render(**values) -> (fig, readout_html)``; re-render on change.
+    """Wire ``controls`` to ``render(**values) -> (fig, readout_html)`` drawn on one canvas.
 
-    Sliders should use ``continuous_update=False`` so a drag renders once, on release.
+    ``render`` draws with ``figures.new_figure``, which hands it the demo's own figure: the
+    canvas keeps its figure and layout, and only the browser's next frame is drawn.
     """
     readout = widgets.HTML()
-    plot = widgets.Image(format="png")
 
-    def update(change=None):
-        fig, text = render(**{name: control.value for name, control in controls.items()})
-        plot.value = figures.png_bytes(fig)
+    def update():
+        with figures.drawing_on(plot.figure):
+            _, text = render(**{name: control.value for name, control in controls.items()})
         readout.value = text
 
+    plot = live_canvas(update)
     for control in controls.values():
-        control.observe(update, names="value")
+        control.observe(lambda change: plot.request(), names="value")
     update()
+    plot.draw()  # the first frame now: the page shows a plot, never an empty box
     box = widgets.VBox(
         [
             widgets.HTML(f"<b>{title}</b>"),
@@ -44,7 +119,8 @@ def make_demo(title: str, controls: dict, render: Callable[..., tuple]) -> widge
         ]
     )
     box.add_class("kto-demo")
-    box.controls, box.readout, box.plot, box.update = controls, readout, plot, update
+    box.controls, box.readout, box.plot, box.figure = controls, readout, plot, plot.figure
+    box.update = update
     return box
 
 
@@ -57,7 +133,8 @@ def slider(
     *,
     label_width: str = "initial",
 ) -> widgets.FloatSlider | widgets.IntSlider:
-    """A slider with the course's defaults: it renders on release, not during a drag.
+    """A slider with the course's defaults: the plot follows the drag (``DemoCanvas`` draws
+    only the latest value, so a drag never queues redraws).
 
     An int ``value`` gives an IntSlider (a count, a batch size, a seed: step 1 unless given);
     a float one a FloatSlider that shows 3 significant digits. ``label_width="initial"`` sizes
@@ -68,7 +145,7 @@ def slider(
         "min": lo,
         "max": hi,
         "description": description,
-        "continuous_update": False,
+        "continuous_update": True,
         "style": {"description_width": label_width},
         # ipywidgets' default (300 px with the label and readout) left a 103 px track for
         # -30..30: too short to set a value by dragging.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipywidgets as widgets
 
 from kto_course import figures
-from kto_course.demos.base import make_demo, slider
+from kto_course.demos.base import live_canvas, make_demo, slider
 
 __all__ = ["adjective_explorer", "live_training"]
 
@@ -48,20 +48,23 @@ def live_training(trainer, steps: int | None = None, every: int = 10) -> dict:
     from IPython.display import display
 
     readout = widgets.HTML()
-    plot = widgets.Image(format="png")
+    plot = live_canvas(fixed_layout=False)  # a frame per 10 steps: lay each one out
     box = widgets.VBox([readout, plot])
     box.add_class("kto-live-training")
 
     def refresh(t=None):
-        fig, text = figures.training_curves(trainer.history, trainer.evals)
-        plot.value = figures.png_bytes(fig)
+        with figures.drawing_on(plot.figure):
+            _, text = figures.training_curves(trainer.history, trainer.evals)
         readout.value = text
+        # The kernel is busy training, so it cannot answer the browser's frame requests:
+        # push each frame instead.
+        plot.draw()
 
     def callback(t):
         if len(t.history) % every == 0:
             refresh()
 
-    refresh()  # empty axes and "no steps yet" at once: an Image without a value is a broken icon
+    refresh()  # empty axes and "no steps yet" at once, before the first step
     display(box)
     summary = trainer.train(steps, callback=callback)
     refresh()

@@ -6,10 +6,13 @@ use lives here; one that a single lesson uses lives in that lesson's module.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import io
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import AutoLocator, NullLocator, ScalarFormatter
 
 __all__ = [
     "COLOR_D",
@@ -18,6 +21,7 @@ __all__ = [
     "COLOR_REF",
     "LABELS",
     "new_figure",
+    "drawing_on",
     "png_bytes",
     "readout_html",
     "fmt",
@@ -36,11 +40,66 @@ COLOR_REF = "#999999"
 LABELS = ((True, COLOR_D, "desirable"), (False, COLOR_U, "undesirable"))
 
 
+# The figure a live demo draws on (``drawing_on``); None: every call gets a new figure.
+_target: contextvars.ContextVar[Figure | None] = contextvars.ContextVar("target", default=None)
+
+
 def new_figure(ncols: int = 1, width: float = 4.2, height: float = 3.2):
-    """A figure that is NOT registered with pyplot, so demos never leak open figures."""
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
-    axes = fig.subplots(1, ncols)
-    return fig, axes
+    """A figure that is NOT registered with pyplot, so demos never leak open figures.
+
+    Inside ``drawing_on(fig)`` it returns ``fig`` itself with its axes emptied: a live demo
+    redraws the same axes, laid out once, instead of building a figure per frame.
+    """
+    fig = _target.get()
+    if fig is None:
+        fig = Figure(figsize=(width * ncols, height), layout="constrained")
+        return fig, fig.subplots(1, ncols)
+    if len(fig.axes) != ncols:  # the first frame (or a frame of another shape): lay it out
+        fig.clear()
+        fig.set_size_inches(width * ncols, height)
+        fig.set_layout_engine("constrained")
+        fig.subplots(1, ncols)
+    for ax in fig.axes:
+        _empty(ax)
+    return fig, fig.axes[0] if ncols == 1 else np.array(fig.axes)
+
+
+def _empty(ax) -> None:
+    """Take a frame's contents off ``ax`` but keep its ticks (``ax.cla()`` would make the next
+    draw build every tick again: a third of a frame), and undo what a frame may have set."""
+    for container in list(ax.containers):  # bars (and their legend entry) with their patches
+        container.remove()
+    for artist in (*ax.lines, *ax.patches, *ax.collections, *ax.texts, *ax.images, *ax.tables):
+        artist.remove()
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
+    for loc in ("left", "center", "right"):
+        ax.set_title("", loc=loc)
+    ax.set_xlabel("")
+    ax.set_ylabel("")
+    ax.set_axis_on()
+    if ax.get_xscale() != "linear":
+        ax.set_xscale("linear")
+    if ax.get_yscale() != "linear":
+        ax.set_yscale("linear")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_inverted(False)
+        axis.set_major_locator(AutoLocator())
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_locator(NullLocator())
+    ax.relim()  # no data yet: the next frame's artists set the limits
+    ax.set_autoscale_on(True)
+    ax.set_prop_cycle(None)
+
+
+@contextlib.contextmanager
+def drawing_on(fig: Figure):
+    """Make ``new_figure`` hand out ``fig`` (a live demo's canvas) while the block runs."""
+    token = _target.set(fig)
+    try:
+        yield fig
+    finally:
+        _target.reset(token)
 
 
 def png_bytes(fig) -> bytes:
