@@ -241,6 +241,7 @@ def test_demo_canvas_draws_only_the_latest_state(monkeypatch):
         rendered.append(x)
         fig, ax = figures.new_figure()
         ax.plot([0.0, 1.0], [0.0, x])
+        ax.set_ylim(0.0, 10.0 if x < 8 else 1e-3)  # from x = 8 on, wider tick labels
         return fig, f"x = {x}"
 
     box = demos.make_demo("t", {"x": demos.slider("x", 1.0, 0.0, 10.0, 0.5)}, render)
@@ -271,6 +272,11 @@ def test_demo_canvas_draws_only_the_latest_state(monkeypatch):
     assert list(axes.lines[0].get_ydata()) == [0.0, 6.0] and len(canvas.figure.axes) == 1
     canvas._handle_message(canvas, {"type": "draw"}, [])  # nothing new: drawn, not rendered
     assert rendered == [2.0, 6.0]
+    # Tick labels that grow ("0.0010" after "10") get the layout done again: a second frame.
+    left = axes.get_position().x0
+    canvas._drawn_at, sent[:] = 0.0, []
+    box.controls["x"].value = 9.0
+    assert [m["type"] for m in sent].count("binary") == 2 and axes.get_position().x0 > left
 
 
 def test_missing_chromium_skips_locally_and_fails_in_ci(tmp_path):

@@ -10,7 +10,11 @@ exactly one of three ways:
     result rounds to the quoted digits: within half a unit of the last quoted digit, or one
     percentage point for "about N%";
 (c) NOT_COMPUTED: it is not the result of a computation (a section of the paper, an arXiv id,
-    a constant, a setting the text tells the learner to choose), with the reason.
+    a constant, a setting the text tells the learner to choose), with the reason;
+(d) MEASURED: a result that depends on the machine or the seed (a training run), which the text
+    quotes as the range measured over seeds or runs: every number the run printed there lies
+    in that range (from the smallest to the largest quoted number of the fragment, give or
+    take half a unit of the last quoted digit).
 
 A table entry applies first; a number that none covers fails the test, which names the lesson,
 the cell, the number and its context, and so does a claim that no longer rounds to the text, an
@@ -21,8 +25,8 @@ training cells run a short version. Lesson 05's text quotes its full run (three 
 so lesson 05 is executed in full mode (FULL_MODE: KTO_COURSE_QUICK=0 for its kernel; about 35 s
 on 2 cores), and its claims rerun the toy's experiments with ``toy`` (about 30 s, once).
 
-Not covered yet: lessons 06-07. Their quoted numbers come from training a tiny GPT-2 (06) and
-TRL runs (07), which take far longer in full mode than this suite can afford.
+Lesson 06 trains a tiny GPT-2; it runs in full mode too (about 25 s). Not covered yet: lesson
+07, whose quoted numbers include timings and TRL runs on the authors' machine.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from conftest import SOLUTIONS
 from nbclient import NotebookClient
 
 from kto_course import core, demos, figures, system, toy
+from kto_course.lm import task
 
 pytestmark = pytest.mark.slow
 
@@ -50,9 +55,10 @@ LESSONS = {
     "03": "03_value_and_loss",
     "04": "04_gradients_and_saturation",
     "05": "05_kto_vs_dpo",
+    "06": "06_tiny_gpt2_kto",
 }
 # Lessons whose text quotes the full run of their training cells: executed with quick mode off.
-FULL_MODE = {"05"}
+FULL_MODE = {"05", "06"}
 
 
 class Claim(NamedTuple):
@@ -72,6 +78,31 @@ class NotComputed(NamedTuple):
     lessons: str
     text: str
     reason: str
+
+
+class Measured(NamedTuple):
+    """Every quoted number inside ``text`` bounds a range (its smallest to its largest); each
+    value ``read`` finds in the executed notebook's outputs must lie in it."""
+
+    lesson: str
+    text: str
+    what: str
+    read: Callable[[str], list[float]]
+
+
+def printed(pattern: str, first: int = 0, last: int | None = None) -> Callable[[str], list]:
+    """A ``Measured.read``: the numbers at ``{}`` in ``pattern`` wherever the outputs print it
+    (the matches ``first`` to ``last``, in output order)."""
+    number = r"([-+]?\d+(?:\.\d+)?)"
+    regex = re.sub(r"(\\ )+", r"\\s+", re.escape(pattern)).replace(r"\{\}", number)
+
+    def read(outputs: str) -> list[float]:
+        found = [float(m.group(1)) for m in re.finditer(regex, outputs)][first:last]
+        if not found:
+            raise LookupError(f"no output prints {pattern!r}")
+        return found
+
+    return read
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,6 +180,7 @@ def _both_at_noise_0(reduce: Callable) -> float:
 
 
 TOKENS = figures.TOKEN_SPANS
+AGREES = "P(adjective agrees with the rating): reference = {}"  # the adjective demo's readout
 RAW = figures.Z0_CLAMP[1]
 BETA_1_MEANS = "DPO 0.92, 0.77, 0.62, 0.26, 0.17 and KTO 1.01, 0.90, 0.67, 0.53, 0.12"
 
@@ -384,12 +416,25 @@ CLAIMS = [
     Claim("05", "7.5", "150 000 clicks against 20 000 pairs", lambda: 150_000 / 20_000),
     Claim("05", "0.18", "the scenario's ratio lambda_D n_D / (lambda_U n_U) at weights 1",
           lambda: core.imbalance_ratio(22_500, 127_500)),
+    # Lesson 06
+    Claim("06", "70%", "how often a pretraining adjective agrees with the rating",
+          lambda: 100 * task.AGREE_P),
+    Claim("06", "0.7", "the same, as a probability", lambda: task.AGREE_P, near="$0.7^2"),
+    Claim("06", "0.49", "both adjectives agree", lambda: task.AGREE_P**2),
+    Claim("06", "0.7", "adjective demo: the reference's agreement, 5 stars",
+          lambda: demo("adjective_explorer", AGREES), near="about 0.7 on positive"),
+    Claim("06", "0.69", "adjective demo: the reference's agreement at temperature 1",
+          lambda: demo("adjective_explorer", AGREES)),
+    Claim("06", "0.60", "adjective demo: the reference's agreement at temperature 2",
+          lambda: demo("adjective_explorer", AGREES, temperature=2.0)),
+    Claim("06", "18.6", "adjective demo: the reference's adjectives in effective use",
+          lambda: demo("adjective_explorer", "(exp entropy): reference = {}")),
 ]
 
 NOT_COMPUTED = [
-    NotComputed("01 02 03 04 05", "2402.01306", "the KTO paper's arXiv id"),
-    NotComputed("01 02 03 04 05", "§4.1", "a section of the paper"),
-    NotComputed("05", "§4.2", "a section of the paper"),
+    NotComputed("01 02 03 04 05 06", "2402.01306", "the KTO paper's arXiv id"),
+    NotComputed("01 02 03 04 05 06", "§4.1", "a section of the paper"),
+    NotComputed("05 06", "§4.2", "a section of the paper"),
     NotComputed("01 04 05", "§4.3", "a section of the paper"),
     NotComputed("01 03", "§3.1", "a section of the paper"),
     NotComputed("01 05", "2305.18290", "the DPO paper's arXiv id"),
@@ -433,6 +478,29 @@ NOT_COMPUTED = [
     NotComputed("05", "beta=1.0)`", "the beta of the rerun the text suggests"),
     NotComputed("05", "\\beta = 0.3$", "a beta the text suggests trying"),
     NotComputed("05", "85%", "the written answer's scenario: the share of thumbs-down clicks"),
+    NotComputed("06", "`--lambda-U 0.3`", "a setting of a suggested run"),
+    NotComputed("06", "`lambda_U=0.3`", "a setting of a suggested run"),
+]
+
+# Lesson 06's training runs: the text quotes seeds 0-2 (or several runs of one cell), the
+# notebook runs seed 0.
+MEASURED = [
+    Measured("06", "between 0.96 and 0.98 over seeds 0-2",
+             "online run: the desirable rate after 120 steps", printed("'desirable_after': {}")),
+    Measured("06", "0.96 to 0.98 in 120 steps", "online run: the desirable rate after 120 steps",
+             printed("'desirable_after': {}")),
+    Measured("06", "(39% to 59% kept)", "online run: the share of distinct completions kept",
+             printed("diversity kept: {}%")),
+    Measured("06", "rate of 0.96 to 0.98", "online run: the policy's desirable rate (512 samples)",
+             printed("policy     desirable {}")),
+    Measured("06", "against 0.46", "the reference's desirable rate (512 samples)",
+             printed("reference  desirable {}")),
+    Measured("06", "between 0.6 and 0.8 at step 100",
+             "offline run, beta = 0.1: the desirable rate at step 100",
+             printed("step 100: desirable {}", 0, 1)),
+    Measured("06", "(between -2.5 and -4.3 here",
+             "offline run, beta = 1: the raw z0 at each evaluation after step 0",
+             printed("raw z0 {}", 6, 10)),
 ]
 
 
@@ -491,6 +559,8 @@ def _inside(text: str, start: int, end: int, fragment: str) -> bool:
 def _describe(entry) -> str:
     if isinstance(entry, NotComputed):
         return f"NOT_COMPUTED {entry.text!r} ({entry.reason})"
+    if isinstance(entry, Measured):
+        return f"MEASURED {entry.text!r} ({entry.what})"
     try:
         value = f"{float(entry.compute()):.6g}"
     except Exception as error:
@@ -498,12 +568,30 @@ def _describe(entry) -> str:
     return f"the claim {entry.number!r} ({entry.what}, computes to {value})"
 
 
-def check(lesson: str, cells: list, outputs: str, claims=CLAIMS, not_computed=NOT_COMPUTED):
+def _range_problem(entry: Measured, outputs: str) -> str | None:
+    """Why the values ``entry`` reads lie outside the range its fragment quotes (None: inside)."""
+    _, numbers = quoted_numbers(entry.text)
+    bounds = sorted((float(n.rstrip("%")), _tolerance(n, "")) for _, _, n in numbers)
+    (lo, lo_tol), (hi, hi_tol) = bounds[0], bounds[-1]
+    try:
+        values = entry.read(outputs)
+    except Exception as error:
+        return f"reading {entry.what!r} raised {error!r}"
+    outside = [v for v in values if not lo - lo_tol * (1 + 1e-9) <= v <= hi + hi_tol * (1 + 1e-9)]
+    if outside:
+        return f"{entry.what}: the run printed {outside}, outside {lo:g} to {hi:g}"
+    return None
+
+
+def check(lesson: str, cells: list, outputs: str, claims=CLAIMS, not_computed=NOT_COMPUTED,
+          measured=None):
     """The problems of one lesson (an empty list when every quoted number is tied) and how many
     numbers each way ties. ``cells``: the notebook's cells; ``outputs``: ``outputs_text``."""
+    measured = [m for m in (MEASURED if measured is None else measured) if m.lesson == lesson]
     claims = [c for c in claims if c.lesson == lesson]
     not_computed = [n for n in not_computed if lesson in n.lessons.split()]
     problems, used, ways = [], set(), Counter()
+    ranges = {}
     values = {}
     for index, cell in enumerate(cells):
         if cell.cell_type != "markdown":
@@ -515,11 +603,19 @@ def check(lesson: str, cells: list, outputs: str, claims=CLAIMS, not_computed=NO
             entries = [c for c in claims if _normal(c.number).replace(" ", "") == number
                        and (c.near is None or _inside(text, start, end, c.near))]
             entries += [n for n in not_computed if _inside(text, start, end, n.text)]
+            entries += [m for m in measured if _inside(text, start, end, m.text)]
             used.update(entries)
             if len(entries) > 1:
                 problems.append(f"{where}: more than one entry covers it: {entries}")
             elif entries and isinstance(entries[0], NotComputed):
                 ways["not computed"] += 1
+            elif entries and isinstance(entries[0], Measured):
+                entry = entries[0]
+                if entry not in ranges:
+                    ranges[entry] = _range_problem(entry, outputs)
+                    if ranges[entry]:
+                        problems.append(f"{where}: {ranges[entry]}")
+                ways["measured"] += 1
             elif entries:
                 claim = entries[0]
                 try:
@@ -538,7 +634,7 @@ def check(lesson: str, cells: list, outputs: str, claims=CLAIMS, not_computed=NO
             else:
                 problems.append(f"{where}: not printed by any cell, and no entry of CLAIMS or "
                                 "NOT_COMPUTED covers it")
-    for entry in claims + not_computed:
+    for entry in claims + not_computed + measured:
         if entry not in used:
             problems.append(f"lesson {lesson}: {_describe(entry)} matches no quoted number")
     return problems, ways
@@ -590,6 +686,17 @@ def test_the_check_reports_a_wrong_claim_and_an_uncovered_number():
     not_computed.append(NotComputed("xx", "is 0.111", "a setting"))
     problems, _ = check("xx", cells, "loss = 0.426\n", claims, not_computed)
     assert any("'0.111'" in p and "more than one entry" in p for p in problems), problems
+
+
+def test_a_measured_range_must_hold_what_the_run_printed():
+    cells = [nbformat.v4.new_markdown_cell("Over seeds 0-2 it reached between 0.96 and 0.98.")]
+    entry = Measured("xx", "between 0.96 and 0.98", "the rate", printed("rate   {}"))
+    problems, ways = check("xx", cells, "rate 0.9609\n", [], [], [entry])
+    assert problems == [] and ways == {"measured": 2}, problems
+    problems, _ = check("xx", cells, "rate 0.9501\nrate 0.97\n", [], [], [entry])
+    assert len(problems) == 1 and "printed [0.9501], outside 0.96 to 0.98" in problems[0]
+    problems, _ = check("xx", cells, "no such line\n", [], [], [entry])
+    assert len(problems) == 1 and "raised LookupError" in problems[0], problems
 
 
 def test_a_changed_number_in_a_real_lesson_fails():

@@ -44,6 +44,7 @@ class DemoCanvas(Canvas):
         self.toolbar_visible = False  # pan and zoom would fight the controls
         FigureManager(self, 0)  # ipympl draws through a manager; not registered with pyplot
         self.update, self.stale_state, self._retries, self._drawn_at = update, False, 0, 0.0
+        self._laid_out_for = ()
         self._retry = self.new_timer(interval=self.RETRY_MS)
         self._retry.single_shot = True
         self._retry.add_callback(self._ask_again)
@@ -77,10 +78,27 @@ class DemoCanvas(Canvas):
     def draw(self):
         super().draw()
         self._drawn_at = time.monotonic()
-        # Laid out once (constrained layout doubles the cost of a frame); the axes stay put.
-        layout = self.figure.get_layout_engine()
-        if self.fixed_layout and isinstance(layout, ConstrainedLayoutEngine):
+        if not self.fixed_layout:
+            return
+        # Laid out once (constrained layout doubles the cost of a frame), and again only when
+        # the tick labels grow or shrink (0.25 -> 0.0025 would be clipped at the edge).
+        widths = _tick_label_widths(self.figure)
+        if isinstance(self.figure.get_layout_engine(), ConstrainedLayoutEngine):
             self.figure.set_layout_engine("none")
+        elif widths != self._laid_out_for:
+            self.figure.set_layout_engine("constrained")
+            self.draw()
+            return
+        self._laid_out_for = widths
+
+
+def _tick_label_widths(fig) -> tuple:
+    """The longest tick label of every axis, in characters: what the layout made room for."""
+    return tuple(
+        max((len(label.get_text()) for label in axis.get_ticklabels()), default=0)
+        for ax in fig.axes
+        for axis in (ax.xaxis, ax.yaxis)
+    )
 
 
 def live_canvas(update: Callable[[], None] | None = None, fixed_layout=True) -> DemoCanvas:
