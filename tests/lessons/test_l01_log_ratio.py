@@ -127,10 +127,10 @@ def test_token_demo_sum_mean_and_prompt():
         return number(demo.readout.value, "log pi_theta(y|x)"), number(demo.readout.value, "r")
 
     short_logp, short_r = read()
-    plot = demo.plot.value
+    plot = figures.png_bytes(demo.figure)
     controls["completion"].value = "long"
     long_logp, long_r = read()
-    assert demo.plot.value != plot
+    assert figures.png_bytes(demo.figure) != plot
     assert long_logp < short_logp and long_r > short_r  # more tokens: lower log-prob, larger r
 
     controls["reduce"].value = "mean"  # length normalisation flips which one moved more
@@ -159,9 +159,9 @@ def test_dpo_demo_loss_falls_with_the_margin():
         slopes.append(number(demo.readout.value, "d loss / d margin"))
     assert losses == sorted(losses, reverse=True)
     assert all(s < 0 for s in slopes) and abs(slopes[-1]) < abs(slopes[0])
-    plot = demo.plot.value
+    plot = figures.png_bytes(demo.figure)
     demo.controls["beta"].value = 0.5
-    assert demo.plot.value != plot
+    assert figures.png_bytes(demo.figure) != plot
 
 
 SWEEPS = {"token_logprobs": figures.token_logprobs, "dpo_margin": figures.dpo_margin}

@@ -179,12 +179,12 @@ def test_broken_answer_fails_clearly(name, fn, words):
 def test_value_loss_explorer_flips_and_saturates():
     demo = demos.value_loss_explorer()
     c = demo.controls
-    start, plot = readout(demo), demo.plot.value
+    start, plot = readout(demo), figures.png_bytes(demo.figure)
     assert start["dL/dr"] < 0 < start["loss"]
 
     c["r"].value = 10.0  # a desirable example moving up: lower loss
     up = readout(demo)
-    assert up["loss"] < start["loss"] and demo.plot.value != plot
+    assert up["loss"] < start["loss"] and figures.png_bytes(demo.figure) != plot
 
     c["desirable"].value = False  # same place, other label: the gradient flips sign
     flipped = readout(demo)

@@ -165,12 +165,12 @@ def test_broken_answer_fails_clearly(name, fn, words):
 def test_gradient_batch_explorer_concentrates_with_beta():
     demo = demos.gradient_batch_explorer()
     c = demo.controls
-    start, plot = readout(demo), demo.plot.value
+    start, plot = readout(demo), figures.png_bytes(demo.figure)
     c["beta"].value = 0.3
     sharp = readout(demo)
     assert sharp["top-25% share"] > start["top-25% share"]
     assert sharp["hard |dL/dr| / peak"] < start["hard |dL/dr| / peak"]
-    assert demo.plot.value != plot
+    assert figures.png_bytes(demo.figure) != plot
     c["beta"].value = 0.1
     c["r_hard"].value = -60.0
     farther = readout(demo)

@@ -317,7 +317,7 @@ def test_checks_restore_the_global_generators():
 
 def test_pair_margins_demo_behaves_as_the_lesson_says():
     demo = demos.pair_margins()
-    before, plot = readout(demo), demo.plot.value
+    before, plot = readout(demo), figures.png_bytes(demo.figure)
     assert before["DPO loss"] == pytest.approx(0.313, abs=1e-3)
     demo.controls["shift"].value = 10.0
     after = readout(demo)
@@ -326,7 +326,7 @@ def test_pair_margins_demo_behaves_as_the_lesson_says():
     assert after["KTO loss"] > before["KTO loss"]
     assert after["chosen row loss"] < before["chosen row loss"]
     assert abs(after["d L / d r_w"]) < abs(before["d L / d r_w"]) / 10  # saturated
-    assert demo.plot.value != plot
+    assert figures.png_bytes(demo.figure) != plot
     demo.controls["shift"].value = 0.0
     demo.controls["margin"].value = -4.0
     wrong = readout(demo)
@@ -340,11 +340,11 @@ def test_batch_order_demo_behaves_as_the_lesson_says():
     demo = demos.batch_order()
     first = readout(demo)
     assert first["one-label share"] == 100
-    plot = demo.plot.value
+    plot = figures.png_bytes(demo.figure)
     demo.controls["order"].value = "shuffled"
     shuffled = readout(demo)
     assert shuffled["one-label microbatches"] < first["one-label microbatches"]
-    assert demo.plot.value != plot
+    assert figures.png_bytes(demo.figure) != plot
     demo.controls["batch_size"].value = 2
     assert readout(demo)["one-label share"] > shuffled["one-label share"]
     demo.controls["order"].value = "chosen first"
