@@ -39,6 +39,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import browser_specs as specs
+import numpy as np
 import psutil
 import pytest
 from conftest import NOTEBOOKS, skip_if_learner_edited, unanswered
@@ -272,11 +273,49 @@ def test_demo_canvas_draws_only_the_latest_state(monkeypatch):
     assert list(axes.lines[0].get_ydata()) == [0.0, 6.0] and len(canvas.figure.axes) == 1
     canvas._handle_message(canvas, {"type": "draw"}, [])  # nothing new: drawn, not rendered
     assert rendered == [2.0, 6.0]
-    # Tick labels that grow ("0.0010" after "10") get the layout done again: a second frame.
+    # Tick labels that grow ("0.0010" after "10") get the layout done again, in that frame.
     left = axes.get_position().x0
     canvas._drawn_at, sent[:] = 0.0, []
     box.controls["x"].value = 9.0
-    assert [m["type"] for m in sent].count("binary") == 2 and axes.get_position().x0 > left
+    assert [m["type"] for m in sent].count("binary") == 1 and axes.get_position().x0 > left
+
+
+def _differing_share(a, b) -> float:
+    """The share of pixels of two RGBA frames that differ visibly (by more than 40 of 255)."""
+    return float((np.abs(a.astype(int) - b.astype(int)).max(-1) > 40).mean())
+
+
+@pytest.mark.parametrize("lesson", specs.LESSONS)
+def test_live_frames_show_what_a_full_draw_shows(lesson):
+    """A demo's canvas redraws only a frame's artists over the saved axes when those look as
+    before: after every step of the spec, its frame is the figure drawn from scratch (and the
+    frame before the step is not: the comparison sees a stale frame)."""
+    import io
+
+    from PIL import Image
+
+    from kto_course import figures
+
+    demos = _import_demos(lesson)
+    for demo in specs.specs_for(lesson):
+        if not demo.steps:
+            continue
+        box = getattr(demos, demo.name)()
+        canvas, stale_seen = box.plot, False
+        canvas.send = lambda *args, **kwargs: None
+        for step in demo.steps:
+            before = np.asarray(canvas.buffer_rgba()).copy()
+            _python_move(box, step.move)
+            canvas.draw()
+            frame = np.asarray(canvas.buffer_rgba()).copy()
+            full = Image.open(io.BytesIO(figures.png_bytes(box.figure))).convert("RGBA")
+            full = np.asarray(full)
+            assert _differing_share(frame, full) < 1e-4, (
+                f"{lesson} {demo.name}, after moving {step.move}: the live frame differs from "
+                f"a full draw in {_differing_share(frame, full):.2%} of its pixels"
+            )
+            stale_seen |= _differing_share(before, full) > 1e-4  # 17 of 172 000 pixels
+        assert stale_seen, f"{lesson} {demo.name}: no step changed the plot visibly"
 
 
 def test_missing_chromium_skips_locally_and_fails_in_ci(tmp_path):

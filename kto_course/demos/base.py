@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable
 
 import ipywidgets as widgets
+import numpy as np
 from ipympl.backend_nbagg import Canvas, FigureManager
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
 
@@ -30,7 +32,9 @@ class DemoCanvas(Canvas):
     (``request``): the browser asks for one frame at a time (ipympl waits for each image before
     asking again), and each frame first brings the figure and readout up to date with the
     controls' values at that moment. So a fast drag or five quick key presses never queue
-    redraws of values already left behind.
+    redraws of values already left behind. A frame whose axes look as before (limits, ticks,
+    titles) redraws only the demo's artists over a saved image of those axes (matplotlib's
+    blitting); ``fixed_layout=False`` draws every frame whole and lays it out.
     """
 
     RETRY_MS = 50  # the browser ignores a frame request while an earlier frame is on its way
@@ -44,7 +48,8 @@ class DemoCanvas(Canvas):
         self.toolbar_visible = False  # pan and zoom would fight the controls
         FigureManager(self, 0)  # ipympl draws through a manager; not registered with pyplot
         self.update, self.stale_state, self._retries, self._drawn_at = update, False, 0, 0.0
-        self._laid_out_for = ()
+        self._laid_out_for, self._background, self._background_state = (), None, ()
+        self._layouts = {}  # tick label widths -> the axes' places constrained layout gave them
         self._retry = self.new_timer(interval=self.RETRY_MS)
         self._retry.single_shot = True
         self._retry.add_callback(self._ask_again)
@@ -76,20 +81,72 @@ class DemoCanvas(Canvas):
         self.draw()
 
     def draw(self):
-        super().draw()
+        # Every frame whole: the browser drops a frame that arrives while the one before is
+        # still decoding, and a frame of differences would then leave traces of the old one.
+        self._force_full = True
+        if self.fixed_layout:
+            self._draw_frame()
+        else:
+            super().draw()
         self._drawn_at = time.monotonic()
-        if not self.fixed_layout:
-            return
-        # Laid out once (constrained layout doubles the cost of a frame), and again only when
-        # the tick labels grow or shrink (0.25 -> 0.0025 would be clipped at the edge).
-        widths = _tick_label_widths(self.figure)
-        if isinstance(self.figure.get_layout_engine(), ConstrainedLayoutEngine):
-            self.figure.set_layout_engine("none")
-        elif widths != self._laid_out_for:
-            self.figure.set_layout_engine("constrained")
-            self.draw()
-            return
-        self._laid_out_for = widths
+
+    def _draw_frame(self):
+        """Redraw only what a frame changes when the axes look as before (their limits, ticks,
+        titles and labels): over a saved image of the rest, which is most of a frame's cost.
+        Otherwise draw the axes, save them, and draw the frame's artists over them."""
+        fig = self.figure
+        if self._background is None or _background_state(fig) != self._background_state:
+            contents = [a for ax in fig.axes for a in figures.frame_artists(ax)]
+            for artist in contents:
+                artist.set_animated(True)  # a full draw leaves them out
+            try:
+                FigureCanvasAgg.draw(self)
+            finally:
+                for artist in contents:
+                    artist.set_animated(False)
+            # Laid out once per width of the tick labels (0.25 -> 0.0025 would be clipped at
+            # the edge), then the axes stay put: constrained layout doubles a frame's cost.
+            widths = _tick_label_widths(fig)
+            if isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine):
+                fig.set_layout_engine("none")
+                self._layouts[widths] = [ax.get_position() for ax in fig.axes]
+            elif widths != self._laid_out_for:
+                if widths in self._layouts:  # seen before: the same places as then
+                    for ax, position in zip(fig.axes, self._layouts[widths], strict=True):
+                        ax.set_position(position)
+                else:
+                    fig.set_layout_engine("constrained")
+                self._laid_out_for, self._background = widths, None
+                self._draw_frame()
+                return
+            self._laid_out_for = widths
+            self._background = self.copy_from_bbox(fig.bbox)
+            self._background_state = _background_state(fig)
+        else:
+            self.restore_region(self._background)
+        renderer = self.get_renderer()
+        for ax in fig.axes:
+            for artist in figures.frame_artists(ax):
+                artist.draw(renderer)
+            for spine in ax.spines.values():  # the axes' frame stays on top, as in a full draw
+                spine.draw(renderer)
+        self.blit()  # ipympl: send the new frame
+
+
+def _background_state(fig) -> tuple:
+    """What a saved background shows: each axes' place, limits, titles, labels, tick labels."""
+    def rounded(values):  # autoscaled limits wobble in the last bits from frame to frame
+        return tuple(np.round(np.asarray(values, dtype=float), 9))
+
+    state = [rounded(fig.get_size_inches()), fig.dpi]
+    for ax in fig.axes:
+        state += [rounded(ax.get_position().bounds), rounded(ax.get_xlim()),
+                  rounded(ax.get_ylim()), ax.axison, ax.get_xlabel(), ax.get_ylabel()]
+        state += [ax.get_title(loc) for loc in ("left", "center", "right")]
+        for axis in (ax.xaxis, ax.yaxis):
+            state.append(rounded(axis.get_majorticklocs()))
+            state += [(t.get_text(), t.get_rotation()) for t in axis.get_majorticklabels()]
+    return tuple(state)
 
 
 def _tick_label_widths(fig) -> tuple:

@@ -22,6 +22,7 @@ __all__ = [
     "LABELS",
     "new_figure",
     "drawing_on",
+    "frame_artists",
     "png_bytes",
     "readout_html",
     "fmt",
@@ -69,10 +70,8 @@ def _empty(ax) -> None:
     draw build every tick again: a third of a frame), and undo what a frame may have set."""
     for container in list(ax.containers):  # bars (and their legend entry) with their patches
         container.remove()
-    for artist in (*ax.lines, *ax.patches, *ax.collections, *ax.texts, *ax.images, *ax.tables):
+    for artist in frame_artists(ax):
         artist.remove()
-    if ax.get_legend() is not None:
-        ax.get_legend().remove()
     for loc in ("left", "center", "right"):
         ax.set_title("", loc=loc)
     ax.set_xlabel("")
@@ -90,6 +89,14 @@ def _empty(ax) -> None:
     ax.relim()  # no data yet: the next frame's artists set the limits
     ax.set_autoscale_on(True)
     ax.set_prop_cycle(None)
+
+
+def frame_artists(ax) -> list:
+    """What a frame drew on ``ax`` (its data, texts and legend), in drawing order; not the
+    axes' own title, labels, ticks and spines."""
+    legend = [ax.get_legend()] if ax.get_legend() is not None else []
+    found = [*ax.patches, *ax.collections, *ax.lines, *ax.images, *ax.tables, *ax.texts, *legend]
+    return sorted(found, key=lambda artist: artist.get_zorder())
 
 
 @contextlib.contextmanager
