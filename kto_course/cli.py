@@ -39,6 +39,7 @@ DOCTOR_PACKAGES = (
     "nbgrader",
     "jupyterlab",
     "ipywidgets",
+    "ipympl",
     "voila",
     "playwright",
 )

@@ -122,7 +122,8 @@ def test_ruff_is_clean():
 def test_doctor_reports_versions_device_and_browser(capsys):
     assert cli.main(["doctor"]) == 0
     out = capsys.readouterr().out
-    for key in ("python", "torch", "transformers", "nbgrader", "jupyterlab", "ipywidgets"):
+    keys = ("python", "torch", "transformers", "nbgrader", "jupyterlab", "ipywidgets", "ipympl")
+    for key in keys:
         assert re.search(rf"^{key}\s+\S", out, re.M), f"doctor does not report {key}"
     assert re.search(r"^device\s+(cuda|mps|cpu)$", out, re.M)
     assert re.search(r"^torch threads\s+\d+$", out, re.M)
