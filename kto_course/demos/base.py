@@ -90,10 +90,11 @@ class DemoCanvas(Canvas):
             super().draw()
         self._drawn_at = time.monotonic()
 
-    def _draw_frame(self):
+    def _draw_frame(self, relayout: bool = True):
         """Redraw only what a frame changes when the axes look as before (their limits, ticks,
         titles and labels): over a saved image of the rest, which is most of a frame's cost.
-        Otherwise draw the axes, save them, and draw the frame's artists over them."""
+        Otherwise draw the axes, save them, and draw the frame's artists over them (after at
+        most one new layout: ``relayout``)."""
         fig = self.figure
         if self._background is None or _background_state(fig) != self._background_state:
             contents = [a for ax in fig.axes for a in figures.frame_artists(ax)]
@@ -110,14 +111,14 @@ class DemoCanvas(Canvas):
             if isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine):
                 fig.set_layout_engine("none")
                 self._layouts[widths] = [ax.get_position() for ax in fig.axes]
-            elif widths != self._laid_out_for:
+            elif relayout and widths != self._laid_out_for:
                 if widths in self._layouts:  # seen before: the same places as then
                     for ax, position in zip(fig.axes, self._layouts[widths], strict=True):
                         ax.set_position(position)
                 else:
                     fig.set_layout_engine("constrained")
                 self._laid_out_for, self._background = widths, None
-                self._draw_frame()
+                self._draw_frame(relayout=False)  # new places can change the ticks: keep them
                 return
             self._laid_out_for = widths
             self._background = self.copy_from_bbox(fig.bbox)
