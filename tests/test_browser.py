@@ -829,9 +829,9 @@ def _settle(box) -> int:
 
 def rapid_presses(page, box, lesson: str, name: str) -> int:
     """Five quick arrow-key presses on a demo's first slider, then five back (left first when
-    it stands at its maximum): at most one frame
-    per press each way, and the demo then shows exactly what it showed before (a frame of a
-    value already left behind, drawn last, would differ). Returns the frames of the first five.
+    it stands at its maximum): at most one frame per press each way, and the demo then shows
+    exactly what it showed before (a frame of a value already left behind, drawn last, would
+    differ). Returns the frames of the first five.
     """
     start, errors = snapshot(box), len(page.kernel_errors)
     handle = _first_slider(box)
