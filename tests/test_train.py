@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
 import json
@@ -191,12 +192,14 @@ def test_live_training_plots_the_history(monkeypatch):
     import IPython.display
 
     shown = []  # what the learner sees the moment the box appears, before the first step
+    # (the canvas's first frame, which ipympl shows until the browser's own frames arrive)
     monkeypatch.setattr(IPython.display, "display", lambda box: shown.append(
-        (box.children[0].value, box.children[1].value)))  # fmt: skip
+        (box.children[0].value, box.children[1]._data_url)))  # fmt: skip
     trainer = _trainer(steps=4, eval_every=2, eval_samples=32)
     summary = demos.live_training(trainer, every=2)
-    (readout, png), = shown
-    assert readout == "no steps yet" and bytes(png[:4]) == b"\x89PNG"  # axes, not a broken icon
+    (readout, data_url), = shown
+    png = base64.b64decode(data_url)
+    assert readout == "no steps yet" and png[:4] == b"\x89PNG"  # axes, not a broken icon
     assert summary["steps"] == 4 and len(trainer.evals) == 3
     fig, readout = figures.training_curves(trainer.history, trainer.evals)
     assert "step 4" in readout and "desirable" in readout
