@@ -511,8 +511,8 @@ NOT_COMPUTED = [
     NotComputed("07", "0.5x to 0.7x the steps/s", TIMING),
 ]
 
-# Lesson 06's training runs: the text quotes seeds 0-2 (or several runs of one cell), the
-# notebook runs seed 0.
+# Results of the training runs of lessons 06 and 07: the text quotes the range over seeds 0-2
+# or over several runs of one cell; the executed notebook runs seed 0 once.
 MEASURED = [
     Measured("06", "between 0.96 and 0.98 over seeds 0-2",
              "online run: the desirable rate after 120 steps", printed("'desirable_after': {}")),
