@@ -517,43 +517,32 @@ async (box) => {
   const htmls = [...box.children].filter(e => e.classList.contains('widget-html'));
   const readout = htmls.length ? htmls[htmls.length - 1].innerText.trim() : '';
   const canvas = box.querySelector('.jupyter-matplotlib canvas');  // ipympl draws here
-  const img = [...box.children].find(e => e.tagName === 'IMG');
-  if (!(canvas && box.__ktoDraws) && !(img && img.src)) return {readout, plot: null};
-  try {  // hash what the learner sees: the canvas's pixels, or an image's PNG bytes
-    const bytes = canvas && box.__ktoDraws
-      ? new TextEncoder().encode(canvas.toDataURL())
-      : await (await fetch(img.src)).arrayBuffer();
-    const digest = await crypto.subtle.digest('SHA-256', bytes);
-    const hex = [...new Uint8Array(digest)].map(b => b.toString(16).padStart(2, '0')).join('');
-    return {readout, plot: hex};
-  } catch (e) {
-    return {readout, plot: null};  // the URL was replaced while reading: try again
-  }
+  if (!canvas || !box.__ktoDraws) return {readout, plot: null};  // no frame yet
+  // Hash what the learner sees: the canvas's pixels.
+  const bytes = new TextEncoder().encode(canvas.toDataURL());
+  const digest = await crypto.subtle.digest('SHA-256', bytes);
+  const hex = [...new Uint8Array(digest)].map(b => b.toString(16).padStart(2, '0')).join('');
+  return {readout, plot: hex};
 }
 """
 
 # Installed in every page before its scripts: count each demo's frames (ipympl draws each onto
-# its canvas with drawImage; an <img> demo loads a new image) and time the first frame and the
-# first readout change after a control was moved (``ARM_JS``).
+# its canvas with drawImage) and time the first frame and the first readout change after a
+# control was moved (``ARM_JS``).
 FRAMES_JS = """
 (() => {
   const DEMO = '.kto-demo, .kto-live-training';
-  const frame = (box) => {
-    box.__ktoDraws = (box.__ktoDraws || 0) + 1;
-    const w = box.__kto;
-    if (w && w.t0 !== null && w.plotAt === null) w.plotAt = performance.now();
-  };
   const draw = CanvasRenderingContext2D.prototype.drawImage;
   CanvasRenderingContext2D.prototype.drawImage = function (...args) {
     const result = draw.apply(this, args);
     const box = this.canvas.closest && this.canvas.closest(DEMO);
-    if (box) frame(box);
+    if (box) {
+      box.__ktoDraws = (box.__ktoDraws || 0) + 1;
+      const w = box.__kto;
+      if (w && w.t0 !== null && w.plotAt === null) w.plotAt = performance.now();
+    }
     return result;
   };
-  document.addEventListener('load', (e) => {
-    const box = e.target.tagName === 'IMG' && e.target.closest(DEMO);
-    if (box) frame(box);
-  }, true);
 })();
 """
 

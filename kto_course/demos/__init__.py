@@ -2,8 +2,8 @@
 
 Every demo is built by ``make_demo`` (in ``base``, with the course's ``slider``): it returns a
 VBox whose ``controls`` (name -> widget), ``readout`` (an HTML widget with the numbers) and
-``plot`` (an Image widget with PNG bytes) can be driven from Python (set ``.value``, read the
-readout) as well as in the browser. One module per lesson, in teaching order; every module's
+``plot`` (an ipympl canvas showing ``figure``) can be driven from Python (set ``.value``, read
+the readout) as well as in the browser. One module per lesson, in teaching order; every module's
 public names (its ``__all__``) are re-exported here, so that a notebook writes ``demos.x()``.
 """
 

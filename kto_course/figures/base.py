@@ -110,7 +110,7 @@ def drawing_on(fig: Figure):
 
 
 def png_bytes(fig) -> bytes:
-    """Render a figure to PNG bytes (what a demo's Image widget shows)."""
+    """Render a figure to PNG bytes (a static figure in a notebook; a demo's frame in tests)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
     return buffer.getvalue()
