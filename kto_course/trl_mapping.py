@@ -13,13 +13,36 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["MATCHING_SCHEDULE", "course_knobs", "trl_kwargs", "from_trl_logs"]
+__all__ = [
+    "COURSE_ONLY", "KNOB", "MATCHING_SCHEDULE", "TRL_DEFAULTS",
+    "course_knobs", "trl_kwargs", "from_trl_logs",
+]  # fmt: skip
 
 # The schedule of the TRL-matching comparison: TRL's linear decay to 0 over max_steps, no
 # warmup. The course's lesson-06 loop warms up for config.warmup_steps and then stays constant;
 # transformers' warmup starts at lr 0 (step s gets s / warmup), the course's at lr / warmup, so
 # no TRL setting reproduces it exactly: the matching run takes TRL's schedule instead.
 MATCHING_SCHEDULE = {"lr_scheduler_type": "linear", "warmup_steps": 0}
+
+
+# What TRL's KTOConfig holds for these fields when a keyword is left out, on top of the fixed
+# TRL-matching settings (trl_bridge.matching_args); used when TRL is not installed.
+TRL_DEFAULTS = {
+    "max_steps": -1, "per_device_train_batch_size": 8, "learning_rate": 1e-6, "beta": 0.1,
+    "desirable_weight": 1.0, "undesirable_weight": 1.0, "loss_type": "kto",
+    "max_grad_norm": 1.0, "adam_beta1": 0.9, "adam_beta2": 0.999, "weight_decay": 0.0,
+    "seed": 42, "lr_scheduler_type": "linear", "warmup_steps": 0,
+}  # fmt: skip
+# The course's names, which TRL's KTOConfig does not know.
+COURSE_ONLY = ("steps", "batch_size", "lr", "lambda_D", "lambda_U", "adam_betas", "mode",
+               "temperature", "offline_size", "eval_every", "eval_samples", "threads")  # fmt: skip
+# The course knob each TRL field carries (for the messages).
+KNOB = {
+    "max_steps": "steps", "per_device_train_batch_size": "batch_size", "learning_rate": "lr",
+    "beta": "beta", "desirable_weight": "lambda_D", "undesirable_weight": "lambda_U",
+    "loss_type": "loss_type", "max_grad_norm": "max_grad_norm", "adam_beta1": "adam_betas",
+    "adam_beta2": "adam_betas", "weight_decay": "weight_decay", "seed": "seed",
+}  # fmt: skip
 
 
 def course_knobs(config) -> dict:

@@ -242,6 +242,19 @@ def test_trl_config_is_the_matching_setup():
     assert cfg.optim == "adamw_torch_fused" and cfg.report_to in ([], "none", ["none"])
 
 
+
+
+def test_stored_trl_defaults_are_trls_own():
+    # The lesson-07 check reads trl_mapping.TRL_DEFAULTS when TRL is not installed: the values
+    # must be what this TRL's KTOConfig holds when the keyword is left out.
+    from kto_course import trl_mapping
+
+    args = trl_bridge.matching_args({}, device="cpu")
+    held = {k: getattr(args, k) for k in trl_mapping.TRL_DEFAULTS}
+    held = {k: getattr(v, "value", v) for k, v in held.items()}  # enums: their values
+    assert held == trl_mapping.TRL_DEFAULTS
+    assert set(trl_mapping.KNOB) <= set(trl_mapping.TRL_DEFAULTS)
+    assert not set(trl_mapping.COURSE_ONLY) & set(args.to_dict())
 # -- lesson 07's trl_kwargs check: which answers TRL must run ---------------------------------
 
 

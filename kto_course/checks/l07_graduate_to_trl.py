@@ -21,29 +21,12 @@ from kto_course.checks.base import (
     diagnose,
     passed,
 )
+from kto_course.trl_mapping import COURSE_ONLY, KNOB, TRL_DEFAULTS
 
 LESSON = 7
 
 # -- exercise 1: trl_kwargs ------------------------------------------------------------------
 
-# What TRL's KTOConfig holds for these fields when a keyword is left out, on top of the fixed
-# TRL-matching settings (trl_bridge.matching_args); used when TRL is not installed.
-_TRL_DEFAULTS = {
-    "max_steps": -1, "per_device_train_batch_size": 8, "learning_rate": 1e-6, "beta": 0.1,
-    "desirable_weight": 1.0, "undesirable_weight": 1.0, "loss_type": "kto",
-    "max_grad_norm": 1.0, "adam_beta1": 0.9, "adam_beta2": 0.999, "weight_decay": 0.0,
-    "seed": 42, "lr_scheduler_type": "linear", "warmup_steps": 0,
-}  # fmt: skip
-# The course's names, which TRL's KTOConfig does not know.
-_COURSE_ONLY = ("steps", "batch_size", "lr", "lambda_D", "lambda_U", "adam_betas", "mode",
-                "temperature", "offline_size", "eval_every", "eval_samples", "threads")  # fmt: skip
-# The course knob each TRL field carries (for the messages).
-_KNOB = {
-    "max_steps": "steps", "per_device_train_batch_size": "batch_size", "learning_rate": "lr",
-    "beta": "beta", "desirable_weight": "lambda_D", "undesirable_weight": "lambda_U",
-    "loss_type": "loss_type", "max_grad_norm": "max_grad_norm", "adam_beta1": "adam_betas",
-    "adam_beta2": "adam_betas", "weight_decay": "weight_decay", "seed": "seed",
-}  # fmt: skip
 _RUN_STEPS = 3  # optimizer steps of TRL and of the course's trainer that the check compares
 
 
@@ -90,8 +73,8 @@ def _effective(kwargs: dict, args) -> dict:
     """What TRL's KTOConfig holds for the fields the course's config sets: read from ``args``
     (TRL's KTOConfig of ``kwargs``), or from TRL's defaults when TRL is not installed (None)."""
     if args is not None:
-        return {k: _value(getattr(args, k)) for k in _TRL_DEFAULTS}
-    return {k: _value(kwargs.get(k, v)) for k, v in _TRL_DEFAULTS.items()}
+        return {k: _value(getattr(args, k)) for k in TRL_DEFAULTS}
+    return {k: _value(kwargs.get(k, v)) for k, v in TRL_DEFAULTS.items()}
 
 
 def _identical(got: dict, want: dict) -> bool:
@@ -129,7 +112,7 @@ def _kwargs_problem(got: dict, config, n: int) -> str | None:
             "the desirable (thumbs-up) rows, undesirable_weight that of the thumbs-down rows."
         )
     if "beta" in wrong:
-        if close(got["beta"], _TRL_DEFAULTS["beta"]):
+        if close(got["beta"], TRL_DEFAULTS["beta"]):
             return (
                 "beta did not reach TRL: KTOConfig fell back to its own default beta, so the "
                 "value functions saturate at a different scale than the course's run."
@@ -165,7 +148,7 @@ def _kwargs_problem(got: dict, config, n: int) -> str | None:
             "each process puts into one step; z0 is estimated from them)."
         )
     if "learning_rate" in wrong:
-        if close(got["learning_rate"], _TRL_DEFAULTS["learning_rate"]):
+        if close(got["learning_rate"], TRL_DEFAULTS["learning_rate"]):
             return (
                 "the learning rate did not reach TRL: its default 1e-6 is meant for real LLMs, "
                 "the tiny GPT-2 trains at the course's rate."
@@ -182,16 +165,16 @@ def _kwargs_problem(got: dict, config, n: int) -> str | None:
         pair = [got["adam_beta1"], got["adam_beta2"]]
         if close(pair, list(config.adam_betas)[::-1]):
             return "the two Adam betas are swapped: beta1 is the momentum one (the smaller)."
-        if close(pair, [_TRL_DEFAULTS["adam_beta1"], _TRL_DEFAULTS["adam_beta2"]]):
+        if close(pair, [TRL_DEFAULTS["adam_beta1"], TRL_DEFAULTS["adam_beta2"]]):
             return (
                 "config.adam_betas did not reach TRL: its optimizer used its own default betas. "
                 "TRL takes the two betas as two separate fields."
             )
         return "TRL's two Adam betas do not carry config.adam_betas over."
     field = sorted(wrong)[0]
-    if got[field] == _TRL_DEFAULTS[field]:
-        return f"config.{_KNOB[field]} did not reach TRL: {field} kept TRL's own default."
-    return f"TRL's {field} does not carry config.{_KNOB[field]} over."
+    if got[field] == TRL_DEFAULTS[field]:
+        return f"config.{KNOB[field]} did not reach TRL: {field} kept TRL's own default."
+    return f"TRL's {field} does not carry config.{KNOB[field]} over."
 
 
 def _rows(rng, n: int = 48) -> list[dict]:
@@ -272,7 +255,7 @@ def check_trl_kwargs(trl_kwargs, hidden: bool = False) -> None:
                 f"trl_kwargs returned {type(got).__name__}: return a dict of keyword arguments "
                 "for trl.KTOConfig, {field name: value}."
             )
-        course_names = sorted(set(got) & set(_COURSE_ONLY))
+        course_names = sorted(set(got) & set(COURSE_ONLY))
         if course_names:
             raise CheckFailed(
                 f"trl_kwargs: {course_names[0]!r} is the course's name, not a field of TRL's "
