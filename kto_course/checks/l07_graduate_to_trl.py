@@ -496,6 +496,5 @@ EXERCISES = {
     "z0_across_processes": {
         "check": check_z0_across_processes, "twins": ("trl_launch.z0_across_processes",),
         "allowed": ("core.z0_estimate",),
-        "hint": "combine the per-process estimates the way each library does.",
-    },
+        "hint": "combine the per-process estimates the way each library does."},
 }  # fmt: skip
