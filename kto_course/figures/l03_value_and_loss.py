@@ -107,7 +107,7 @@ def value_functions_figure(betas=(0.1, 0.3, 1.0)):
 
 def imbalance_figure(n_D: int = 1000, n_U: int = 4000, lambda_D: float = 1.0,
                      lambda_U: float = 1.0):
-    """Lesson 03's imbalance demo: the weighted mass of each class and the ratio's target band.
+    """Lesson 03's imbalance demo: each class's share of the weighted mass, and the ratio's band.
 
     Returns (fig, readout_html) with the ratio lambda_D n_D / (lambda_U n_U), whether it lies in
     [1, 4/3] (paper Eq. 8) and the single-weight ranges that would put it there.
@@ -116,12 +116,18 @@ def imbalance_figure(n_D: int = 1000, n_U: int = 4000, lambda_D: float = 1.0,
     mass_D, mass_U = lambda_D * n_D, lambda_U * n_U
     share_D = mass_D / (mass_D + mass_U)
     fig, (ax_mass, ax_ratio) = new_figure(ncols=2)
-    ax_mass.bar(["desirable", "undesirable"], [n_D, n_U], color="none",
-                edgecolor=[COLOR_D, COLOR_U], ls="--", label="count n")
-    ax_mass.bar(["desirable", "undesirable"], [mass_D, mass_U], color=[COLOR_D, COLOR_U],
-                alpha=0.7, label="lambda * n")
-    ax_mass.set_title("weighted mass lambda * n")
-    ax_mass.legend(fontsize=8)
+    # Shares, not raw masses: a fixed 0..1 axis, so that the bars move against the same ticks
+    # (and a live frame only redraws the bars) whatever the counts and weights.
+    classes = ["desirable", "undesirable"]
+    ax_mass.bar(classes, [n_D / (n_D + n_U), n_U / (n_D + n_U)], color="none",
+                edgecolor=[COLOR_D, COLOR_U], ls="--", label="share of the rows n")
+    ax_mass.bar(classes, [share_D, 1 - share_D], color=[COLOR_D, COLOR_U], alpha=0.7,
+                label="share of lambda * n")
+    ax_mass.axhline(0.5, color="0.6", lw=0.8)
+    ax_mass.set_ylim(0, 1.25)  # the top quarter holds the legend
+    ax_mass.set_yticks([0, 0.25, 0.5, 0.75, 1])
+    ax_mass.set_title("share of the weighted mass lambda * n")
+    ax_mass.legend(fontsize=8, loc="upper center", ncol=2)
     low, high = core.IMBALANCE_RANGE
     ax_ratio.axvspan(low, high, color="0.8", label="[1, 4/3]")
     in_range = advice["in_range"]
