@@ -88,7 +88,9 @@ def token_logprobs(completion: str = "short", reduce: str = "sum", tokens: str =
     if n_body < width:
         ax.text(n_body, -9.6, "padding", fontsize=8)
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(f"{reduce} over {int(used.sum())} tokens ({tokens}): faded bars are left out")
+    # A fixed title: the choice is in the readout, and an unchanged title lets a live frame
+    # redraw only the bars (demos.base.DemoCanvas).
+    ax.set_title("token log-probs: faded bars are left out of log pi(y|x)")
     how = f"{reduce} over {int(used.sum())} tokens, {tokens}"
     readout = (
         f"log pi_theta(y|x) = {seq_theta:.2f}, log pi_ref(y|x) = {seq_ref:.2f}, "
