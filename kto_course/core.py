@@ -26,6 +26,7 @@ __all__ = [
     "kto_losses",
     "kto_loss",
     "kto_loss_grad",
+    "largest_updates",
     "apo_zero_unpaired_losses",
     "imbalance_ratio",
     "recommended_weights",
@@ -308,6 +309,26 @@ def kto_loss_grad(r, z0, desirable, beta=0.1, lambda_D=1.0, lambda_U=1.0):
     s_one_minus_s = np.asarray(sigmoid(x)) * np.asarray(sigmoid(-x))
     grad = np.where(d, -lambda_D * beta * s_one_minus_s, lambda_U * beta * s_one_minus_s)
     return _scalar_or_array(grad)
+
+
+def largest_updates(r, z0, desirable, beta=0.1, lambda_D=1.0, lambda_U=1.0, share=0.8):
+    """The fewest examples that together carry at least ``share`` of a batch's total |dL/dr|:
+    their indices, largest |dL/dr| first, tied examples in batch order (lesson 04).
+
+    The examples near the baseline, weighted by lambda_y; saturated ones, however large their
+    loss, come last or not at all. An empty array if every gradient is exactly 0.
+    """
+    g = np.abs(np.atleast_1d(kto_loss_grad(r, z0, desirable, beta, lambda_D, lambda_U)))
+    share = require_positive("share", share)
+    if share > 1:
+        raise ValueError(f"share must be a fraction of the total, at most 1, got {share!r}.")
+    order = np.argsort(-g, kind="stable")  # stable: ties keep the batch order
+    carried = np.cumsum(g[order])
+    if carried[-1] == 0:
+        return order[:0]
+    # The first prefix whose running total reaches share of the total (the total summed in the
+    # same order, so that share = 1 stops at the last nonzero gradient).
+    return order[: int(np.searchsorted(carried, share * carried[-1])) + 1]
 
 
 def apo_zero_unpaired_losses(r, desirable, beta=0.1, lambda_D=1.0, lambda_U=1.0):

@@ -22,6 +22,7 @@ __all__ = [
     "mismatched_indices",
     "z0_estimate",
     "kto_losses",
+    "halo_losses",
     "batch_kto_loss",
     "LOSS_TYPES",
 ]
@@ -160,6 +161,23 @@ def kto_losses(r, z0, desirable, beta=0.1, lambda_D=1.0, lambda_U=1.0) -> torch.
     return torch.where(
         desirable, lambda_D * torch.sigmoid(-beta * delta), lambda_U * torch.sigmoid(beta * delta)
     )
+
+
+def halo_losses(
+    r, z0, desirable, beta=0.1, lambda_D=1.0, lambda_U=1.0, value=torch.sigmoid
+) -> torch.Tensor:
+    """KTO's per-example loss with ``value`` in place of the sigmoid (lesson 04), shape (B,).
+
+    Desirable lambda_D * (1 - value(beta * delta)), undesirable lambda_U * (1 - value(-beta *
+    delta)), delta = r - z0. The paper's general human-aware loss (HALO, Eq. 5) leaves the value
+    function open; ``value=torch.sigmoid`` is ``kto_losses`` (to float rounding). ``value`` is
+    any torch function of a tensor, so autograd differentiates each choice without a formula.
+    """
+    beta = core.require_positive("beta", beta)
+    lambda_D = core.require_positive("lambda_D", lambda_D, allow_zero=True)
+    lambda_U = core.require_positive("lambda_U", lambda_U, allow_zero=True)
+    x = beta * (r - z0)
+    return torch.where(desirable, lambda_D * (1 - value(x)), lambda_U * (1 - value(-x)))
 
 
 def batch_kto_loss(

@@ -1,4 +1,5 @@
-"""Lesson 04, gradients and saturation: the gradient bump; where a batch's updates go."""
+"""Lesson 04, gradients and saturation: the gradient bump, for KTO's value function and others;
+where a batch's updates go."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from kto_course.figures.base import (
 __all__ = [
     "BATCH_SIZE",
     "gradient_bump_figure",
+    "value_bumps",
+    "value_bumps_figure",
     "gradient_batch",
     "gradient_batch_figure",
 ]
@@ -42,6 +45,50 @@ def gradient_bump_figure(betas=(0.1, 0.3, 1.0)):
     ax.set_ylabel("dL/dr")
     ax.set_title("the gradient is a bump centred on the baseline", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def value_bumps(beta: float = 0.1, delta=None) -> dict:
+    """|dL/dr| of a desirable example against delta for KTO's sigmoid and three other value
+    functions, by autograd through ``torch_ops.halo_losses`` (lesson 04, after exercise 2).
+
+    ``{name: (delta, |dL/dr|)}``; no formula per value function: autograd follows each one.
+    """
+    import torch
+
+    from kto_course import torch_ops
+
+    values = {
+        "sigmoid (KTO)": torch.sigmoid,
+        "tanh": torch.tanh,
+        "arctan": torch.atan,
+        "log-sigmoid (inside DPO's loss)": torch.nn.functional.logsigmoid,
+    }
+    grid = np.linspace(-60.0, 60.0, 601) if delta is None else np.asarray(delta, dtype=float)
+    out = {}
+    for name, value in values.items():
+        d = torch.tensor(grid, dtype=torch.float64, requires_grad=True)
+        losses = torch_ops.halo_losses(d, 0.0, torch.ones(d.shape, dtype=torch.bool), beta,
+                                       value=value)
+        (g,) = torch.autograd.grad(losses.sum(), d)  # each loss depends on its own delta only
+        out[name] = (grid, np.abs(g.numpy()))
+    return out
+
+
+def value_bumps_figure(beta: float = 0.1):
+    """Lesson 04: saturation is the value function's. |dL/dr| of a desirable example, each
+    curve divided by its own peak, on a log scale (``value_bumps``)."""
+    fig, ax = new_figure(ncols=1, width=6.0)
+    for (name, (delta, g)), color in zip(value_bumps(beta).items(),
+                                         (COLOR_D, "#762a83", "#e08214", "#2166ac"), strict=True):
+        ax.plot(delta, g / g.max(), color=color, label=name)
+    ax.set_yscale("log")
+    ax.set_ylim(1e-5, 2.0)
+    mark_z0(ax, 0, "delta = r - z0")
+    ax.set_ylabel("|dL/dr| / its peak")
+    ax.set_title(f"one desirable example, beta = {beta:g}: how fast does each push fade?",
+                 fontsize=10)
+    ax.legend(fontsize=8, loc="lower center")
     return fig
 
 

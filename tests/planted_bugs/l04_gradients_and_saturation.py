@@ -39,40 +39,145 @@ BUGS = [
     ),
     PlantedBug(
         "autograd_grad",
-        "def autograd_grad(r, z0, desirable, beta=0.1, lambda_D=1.0, lambda_U=1.0):\n"
+        "def autograd_grad(r, z0, desirable, beta=0.1, lambda_D=1.0, lambda_U=1.0,\n"
+        "                  value=torch.sigmoid):\n"
         "    r = torch.tensor(r, dtype=torch.float64, requires_grad=True)\n"
-        "    delta = r - z0\n"
-        "    losses = torch.where(torch.as_tensor(desirable),\n"
-        "                         lambda_D * torch.sigmoid(-beta * delta),\n"
-        "                         lambda_U * torch.sigmoid(beta * delta))\n"
+        "    x = beta * (r - z0)\n"
+        "    losses = torch.where(torch.as_tensor(desirable), lambda_D * (1 - value(x)),\n"
+        "                         lambda_U * (1 - value(-x)))\n"
         "    losses.sum().backward()\n"
         "    return r.grad.numpy()\n",
         "SUM of the losses",
         "backward() on the sum, not the mean",
     ),
     PlantedBug(
+        "autograd_grad",
+        "def autograd_grad(r, z0, desirable, beta=0.1, lambda_D=1.0, lambda_U=1.0,\n"
+        "                  value=torch.sigmoid):\n"
+        "    s = core.sigmoid(beta * (np.asarray(r) - z0))\n"
+        "    g = np.where(desirable, -lambda_D, lambda_U) * beta * s * (1 - s)\n"
+        "    return g / len(r)\n",
+        "you used the sigmoid",
+        "the sigmoid's derivative by hand, value ignored (fails the visible tanh case)",
+    ),
+    PlantedBug(
+        "autograd_grad",
+        "def autograd_grad(r, z0, desirable, beta=0.1, lambda_D=1.0, lambda_U=1.0,\n"
+        "                  value=torch.sigmoid):\n"
+        "    x = beta * (np.asarray(r) - z0)\n"
+        "    if value is torch.tanh:  # d/dx tanh(x) = 1 - tanh(x)**2\n"
+        "        bump = 1 - np.tanh(x) ** 2\n"
+        "    else:  # d/dx sigmoid(x) = s * (1 - s)\n"
+        "        bump = core.sigmoid(x) * core.sigmoid(-x)\n"
+        "    return np.where(desirable, -lambda_D, lambda_U) * beta * bump / len(r)\n",
+        "you used the sigmoid",
+        "derivatives by hand for the visible value functions: passes the visible check, "
+        "fails the hidden",
+    ),
+    PlantedBug(
+        "autograd_grad",
+        "def autograd_grad(r, z0, desirable, beta=0.1, lambda_D=1.0, lambda_U=1.0,\n"
+        "                  value=torch.sigmoid):\n"
+        "    def mean_loss(r):\n"
+        "        x = beta * (torch.tensor(r) - z0)\n"
+        "        losses = torch.where(torch.as_tensor(desirable), lambda_D * (1 - value(x)),\n"
+        "                             lambda_U * (1 - value(-x)))\n"
+        "        return float(losses.mean())\n"
+        "    h = 1e-5\n"
+        "    return np.array([(mean_loss(r + h * e) - mean_loss(r - h * e)) / (2 * h)\n"
+        "                     for e in np.eye(len(r))])\n",
+        "not exact",
+        "a central difference: close to the gradient, not float64-exact",
+    ),
+    PlantedBug(
+        "autograd_grad",
+        "def autograd_grad(r, z0, desirable, beta=0.1, lambda_D=1.0, lambda_U=1.0,\n"
+        "                  value=torch.sigmoid):\n"
+        "    r = torch.tensor(r.tolist(), requires_grad=True)  # a list of floats: float32\n"
+        "    x = beta * (r - z0)\n"
+        "    losses = torch.where(torch.as_tensor(desirable), lambda_D * (1 - value(x)),\n"
+        "                         lambda_U * (1 - value(-x)))\n"
+        "    losses.mean().backward()\n"
+        "    return r.grad.numpy()\n",
+        "float32",
+        "autograd in float32",
+    ),
+    PlantedBug(
+        "autograd_grad",
+        "def autograd_grad(r, z0, desirable, beta=0.1, lambda_D=1.0, lambda_U=1.0,\n"
+        "                  value=torch.sigmoid):\n"
+        "    r = torch.tensor(r, dtype=torch.float64, requires_grad=True)\n"
+        "    x = beta * (r - z0)\n"
+        "    # 1 - value(-x) = value(x) holds for the sigmoid, not for every value function\n"
+        "    losses = torch.where(torch.as_tensor(desirable), lambda_D * (1 - value(x)),\n"
+        "                         lambda_U * value(x))\n"
+        "    losses.mean().backward()\n"
+        "    return r.grad.numpy()\n",
+        "symmetry",
+        "the sigmoid's symmetry in the undesirable loss: passes the visible check, fails "
+        "the hidden",
+    ),
+    PlantedBug(
         "largest_updates",
-        "def largest_updates(r, z0, desirable, beta=0.1, lambda_D=1.0, lambda_U=1.0, k=3):\n"
+        "def largest_updates(r, z0, desirable, beta=0.1, lambda_D=1.0, lambda_U=1.0, share=0.8):\n"
         "    losses = core.kto_losses(r, z0, desirable, beta, lambda_D, lambda_U)\n"
-        "    return np.argsort(-losses)[:k]\n",
+        "    g = np.abs(core.kto_loss_grad(r, z0, desirable, beta, lambda_D, lambda_U))\n"
+        "    order = np.argsort(-losses, kind=\"stable\")\n"
+        "    carried = np.cumsum(g[order])\n"
+        "    return order[: np.searchsorted(carried, share * carried[-1]) + 1]\n",
         "ranked by loss",
         "largest loss taken for largest update",
     ),
     PlantedBug(
         "largest_updates",
-        "def largest_updates(r, z0, desirable, beta=0.1, lambda_D=1.0, lambda_U=1.0, k=3):\n"
-        "    g = core.kto_loss_grad(r, z0, desirable, beta, lambda_D, lambda_U)\n"
-        "    return np.argsort(np.abs(g))[:k]\n",
-        "SMALLEST",
-        "sorted ascending",
+        "def largest_updates(r, z0, desirable, beta=0.1, lambda_D=1.0, lambda_U=1.0, share=0.8):\n"
+        "    g = np.abs(core.kto_loss_grad(r, z0, desirable, beta, lambda_D, lambda_U))\n"
+        "    order = np.argsort(-g, kind=\"stable\")\n"
+        "    carried = np.cumsum(g[order])\n"
+        "    return order[: np.searchsorted(carried, share * carried[-1])]\n",
+        "one example short",
+        "off by one: the example that reaches the share left out",
     ),
     PlantedBug(
         "largest_updates",
-        "def largest_updates(r, z0, desirable, beta=0.1, lambda_D=1.0, lambda_U=1.0, k=3):\n"
+        "def largest_updates(r, z0, desirable, beta=0.1, lambda_D=1.0, lambda_U=1.0, share=0.8):\n"
+        "    g = np.abs(core.kto_loss_grad(r, z0, desirable, beta, lambda_D, lambda_U))\n"
+        "    order = np.argsort(-g, kind=\"stable\")\n"
+        "    k = int(np.sum(np.cumsum(g[order]) <= share * g.sum())) + 2\n"
+        "    return order[:k]\n",
+        "one example too many",
+        "off by one the other way",
+    ),
+    PlantedBug(
+        "largest_updates",
+        "def largest_updates(r, z0, desirable, beta=0.1, lambda_D=1.0, lambda_U=1.0, share=0.8):\n"
         "    g = core.kto_loss_grad(r, z0, desirable, beta, lambda_D, lambda_U)\n"
-        "    return np.argsort(-g)[:k]\n",
+        "    order = np.argsort(-g, kind=\"stable\")\n"
+        "    carried = np.cumsum(np.abs(g[order]))\n"
+        "    return order[: np.searchsorted(carried, share * carried[-1]) + 1]\n",
         "signed gradient",
         "ranked the signed gradient, not its magnitude",
+    ),
+    PlantedBug(
+        "largest_updates",
+        "def largest_updates(r, z0, desirable, beta=0.1, lambda_D=1.0, lambda_U=1.0, share=0.8):\n"
+        "    g = np.abs(core.kto_loss_grad(r, z0, desirable, beta, lambda_D, lambda_U))\n"
+        "    order = np.argsort(g, kind=\"stable\")[::-1]  # largest first, but ties reversed\n"
+        "    carried = np.cumsum(g[order])\n"
+        "    return order[: np.searchsorted(carried, share * carried[-1]) + 1]\n",
+        "ties keep the batch order",
+        "a reversed ascending sort: tied examples in reverse batch order",
+    ),
+    PlantedBug(
+        "largest_updates",
+        "def largest_updates(r, z0, desirable, beta=0.1, lambda_D=1.0, lambda_U=1.0, share=0.8):\n"
+        "    g = np.abs(core.kto_loss_grad(r, z0, desirable, beta, lambda_D, lambda_U))\n"
+        "    order = np.argsort(-g, kind=\"stable\")\n"
+        "    carried = np.cumsum(g[order])\n"
+        "    chosen = order[: np.searchsorted(carried, share * carried[-1]) + 1]\n"
+        "    return np.isin(np.arange(len(g)), chosen)\n",
+        "mask",
+        "a mask of the set instead of its indices, largest first",
     ),
     PlantedBug(
         "grad_through_z0",
