@@ -34,6 +34,7 @@ __all__ = [
     "pairs_to_unpaired",
     "chosen_first",
     "batch_label_shares",
+    "balanced_order",
     "flip_labels",
     "swap_pairs",
     "drop_desirable",
@@ -130,10 +131,37 @@ def chosen_first(pairs: list[dict]) -> list[dict]:
 
 def batch_label_shares(labels, batch_size: int) -> np.ndarray:
     """Share of desirable labels in each sequential microbatch, the last partial one included
-    (lesson 05, exercise 2). 0 or 1 marks a one-label microbatch."""
+    (lesson 05: the measure of exercise 2's orders). 0 or 1 marks a one-label microbatch."""
     labels = np.asarray(labels, dtype=bool)
     starts = range(0, len(labels), batch_size)
     return np.array([labels[s : s + batch_size].mean() for s in starts])
+
+
+def balanced_order(labels, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of the rows whose every sequential microbatch of m rows holds m * n_D / n
+    desirable rows, rounded down or up; the last microbatch may be shorter (lesson 05,
+    exercise 2). The rows of each label come in an order drawn by ``rng``.
+
+    A shuffle mixes the labels only on average: with a rare label, some microbatches get none
+    of it. Here the count of desirable rows read by the end of each microbatch is
+    floor(end * n_D / n): a difference of two such floors is m * n_D / n rounded down or up,
+    and the counts add up to n_D, so no rounding error is ever carried into the last one.
+    """
+    labels = np.asarray(labels, dtype=bool)
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number, at least 1, got {batch_size!r}.")
+    batch_size = int(batch_size)
+    n, n_D = len(labels), int(labels.sum())
+    desirable = rng.permutation(np.flatnonzero(labels))
+    undesirable = rng.permutation(np.flatnonzero(~labels))
+    ends = np.minimum(np.arange(batch_size, n + batch_size, batch_size), n)
+    d_ends = ends * n_D // n  # desirable rows read by the end of each microbatch
+    order, d_start, u_start = [], 0, 0
+    for end, d_end in zip(ends, d_ends, strict=True):
+        u_end = end - d_end
+        order += [desirable[d_start:d_end], undesirable[u_start:u_end]]
+        d_start, u_start = d_end, u_end
+    return np.concatenate(order).astype(np.int64) if order else np.zeros(0, np.int64)
 
 
 def flip_labels(labels, fraction: float, rng: np.random.Generator) -> np.ndarray:

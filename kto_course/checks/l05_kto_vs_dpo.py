@@ -1,5 +1,5 @@
-"""Lesson 05, KTO against DPO: checks of converting pairs to rows, microbatch label shares,
-DPO's batch loss on the toy policy, and label noise."""
+"""Lesson 05, KTO against DPO: checks of converting pairs to rows, a balanced order for
+sequential microbatches, DPO's batch loss on the toy policy, and label noise."""
 
 from __future__ import annotations
 
@@ -142,8 +142,8 @@ def check_pairs_to_unpaired(pairs_to_unpaired, hidden: bool = False) -> None:
         interleaved = [row for pair in zip(right[:n], right[n:], strict=True) for row in pair]
         if rows == interleaved or rows == right[n:] + right[:n]:
             raise CheckFailed(
-                "the rows come in a fixed order (not shuffled): shuffle them with rng.permutation "
-                "or rng.shuffle."
+                "the rows come in a fixed order (not shuffled): shuffle them with the rng you "
+                "are given."
             )
         # Reproducible: the same seed must give the same order, whatever the global generators.
         with _global_rngs_moved(seed + 1):
@@ -168,73 +168,210 @@ def check_pairs_to_unpaired(pairs_to_unpaired, hidden: bool = False) -> None:
     passed("pairs_to_unpaired", len(sizes))
 
 
-def _label_cases(rng, hidden: bool) -> list[tuple]:
+def _order_cases(rng, hidden: bool) -> list[tuple]:
+    """(labels, batch_size): lopsided shares with a shorter last microbatch, where rounding
+    every microbatch alike goes wrong, and a chosen-first list as a conversion writes it."""
+
+    def mixed(n: int, n_D: int) -> np.ndarray:
+        labels = np.zeros(n, dtype=bool)
+        labels[rng.choice(n, size=n_D, replace=False)] = True
+        return labels
+
     cases = [
-        (np.array([True] * 12 + [False] * 12), 8),
-        (rng.random(21) < 0.5, 4),
-        (rng.random(10) < 0.3, 3),
+        (mixed(100, 30), 16),  # 4.8 per microbatch: rounding each one alike starves the last
+        (mixed(120, 25), 16),  # 3.3 per microbatch: the rounded-up count runs out early
+        ([True] * 40 + [False] * 40, 12),  # a Python list, chosen first
     ]
     if hidden:
         cases += [
-            (rng.random(37) < 0.7, 5),
-            (np.array([True] * 6 + [False] * 5), 16),
-            (rng.random(16) < 0.5, 2),
-            (rng.random(9) < 0.5, 1),
+            (mixed(90, 7), 8),
+            (mixed(101, 70), 10),
+            (mixed(12, 5), 16),  # a single, short microbatch
+            (mixed(20, 0), 4),
+            (mixed(13, 4), 1),
+            (mixed(64, 13), 5),
         ]
     return cases
 
 
-def check_batch_label_shares(batch_label_shares, hidden: bool = False) -> None:
-    """Lesson 05, exercise 2: the desirable share of each sequential microbatch."""
+_LABELS_RETURNED = (
+    "balanced_order returned labels: return the row indices, in the order the trainer should "
+    "read the rows (rows[order[0]] first), not the labels in that order."
+)
+
+
+def _order(result, n: int) -> np.ndarray:
+    """The learner's order as an int array; anything but a permutation of 0 .. n-1 fails."""
+    if result is None:
+        raise CheckFailed("balanced_order returned None: did you forget the return statement?")
+    try:
+        order = np.asarray(result)
+    except (TypeError, ValueError):
+        order = np.empty(0, dtype=object)
+    if order.dtype == object or order.ndim != 1:
+        raise CheckFailed(
+            "balanced_order must return one flat array of row indices, one per row in reading "
+            "order, not microbatches or anything nested."
+        )
+    if order.dtype == bool:
+        raise CheckFailed(_LABELS_RETURNED)
+    if len(order) != n:
+        raise CheckFailed(
+            f"balanced_order returned {len(order)} indices for {n} rows: every row must be read "
+            "exactly once (dropping or repeating rows to even out the microbatches changes the "
+            "data)."
+        )
+    if not np.issubdtype(order.dtype, np.integer):
+        raise CheckFailed(
+            f"balanced_order returned {order.dtype} values: return integer row indices "
+            "(rows[i] needs an int; np.concatenate of an empty float array turns ints into "
+            "floats)."
+        )
+    if n > 2 and set(order.tolist()) <= {0, 1}:
+        raise CheckFailed(_LABELS_RETURNED)
+    if not np.array_equal(np.sort(order), np.arange(n)):
+        raise CheckFailed(
+            "balanced_order is not a permutation of 0 .. n-1: some rows are repeated or missing "
+            "(or an index is out of range). Every row must be read exactly once."
+        )
+    return order.astype(np.int64)
+
+
+def _batch_sizes(n: int, batch_size: int) -> np.ndarray:
+    return np.array([min(batch_size, n - s) for s in range(0, n, batch_size)], dtype=np.int64)
+
+
+def _desirable_counts(labels: np.ndarray, order: np.ndarray, batch_size: int) -> np.ndarray:
+    """Desirable rows in each sequential microbatch of ``order``, measured with the toy's own
+    ``batch_label_shares``."""
     from kto_course import toy
 
-    rng = case_rng(LESSON, 2, hidden)
-    cases = _label_cases(rng, hidden)
-    for labels, batch_size in cases:
-        result = call_learner(
-            batch_label_shares, labels.copy(), batch_size, name="batch_label_shares"
+    sizes = _batch_sizes(len(labels), batch_size)
+    return np.rint(toy.batch_label_shares(labels[order], batch_size) * sizes).astype(np.int64)
+
+
+def _off_balance(labels: np.ndarray, counts: np.ndarray, batch_size: int) -> np.ndarray:
+    """Which microbatches hold neither floor nor ceil of m * n_D / n desirable rows."""
+    n, n_D = len(labels), int(labels.sum())
+    sizes = _batch_sizes(n, batch_size)
+    low, high = sizes * n_D // n, -(-sizes * n_D // n)
+    return (counts < low) | (counts > high)
+
+
+def _name_imbalance(labels, batch_size, orders) -> str:
+    """The message for orders (drawn with several seeds; the first is the one graded) whose
+    microbatches are off balance: the misconception their desirable counts show."""
+    sizes = _batch_sizes(len(labels), batch_size)
+    counts = [_desirable_counts(labels, order, batch_size) for order in orders]
+    bad = [_off_balance(labels, c, batch_size) for c in counts]
+    if len(labels) % batch_size and all(b[-1] and not b[:-1].any() for b in bad):
+        return (
+            "the last, shorter microbatch is off balance: it holds fewer rows, so its share of "
+            "the desirable rows is smaller too, and rounding every full microbatch the same way "
+            "leaves it whatever is left over."
         )
-        right = toy.batch_label_shares(labels, batch_size)
-        n_full = len(labels) // batch_size
-        if (
-            len(labels) % batch_size
-            and result is not None
-            and np.shape(result) == (n_full,)
-        ):
-            raise CheckFailed(
-                "the last, shorter microbatch is missing: when len(labels) is not a multiple of "
-                "batch_size the trainer still takes a step on the rows left over. Include it."
+    if any(not np.array_equal(c, counts[0]) for c in counts[1:]):
+        if len(sizes) > 2 and not any(b[0] for b in bad):
+            return (
+                "only the first microbatch is balanced: the trainer reads every microbatch, so "
+                "each of them must hold its share of the desirable rows."
             )
-        out = as_float_array(result, "batch_label_shares", shape=right.shape)
-        if close(out, right):
-            continue
-        starts = range(0, len(labels), batch_size)
-        sizes = np.array([len(labels[s : s + batch_size]) for s in starts])
-        strided = np.array([labels[k :: len(right)].mean() for k in range(len(right))])
-        diagnoses = [
-            (1 - right, "you computed the share of UNDESIRABLE rows: count the True labels."),
-            (
-                right * sizes,
-                "you returned counts: divide by the number of rows in each microbatch.",
-            ),
-            (
-                right * sizes / batch_size,
-                "the last microbatch is shorter than batch_size: divide by its own length.",
-            ),
-            (
-                strided,
-                "your microbatches are not contiguous: microbatch k holds rows k*batch_size to "
-                "(k+1)*batch_size - 1, in order, as a trainer reads them sequentially.",
-            ),
-        ]
-        diagnose(
-            out,
-            right,
-            diagnoses,
-            "batch_label_shares is wrong: cut the labels, in order, into microbatches of "
-            "batch_size (the last may be shorter) and return the share of True in each.",
+        return (
+            "the microbatches' label mix changes with the rng and is off balance: a random "
+            "order mixes the labels only on average, so some microbatches get too few of the "
+            "rarer label (or none) and others too many."
         )
-    passed("batch_label_shares", len(cases))
+    if np.array_equal(orders[0], np.arange(len(labels))):
+        return (
+            "balanced_order returned the rows in their own order (0, 1, 2, ...): nothing was "
+            "reordered, so the microbatches keep whatever label mix the data came with."
+        )
+    share = labels.mean()
+    one_label = (counts[0] == 0) | (counts[0] == sizes)
+    if len(sizes) > 2 and 0 < share < 1 and (~one_label).sum() <= 1:
+        return (
+            "(nearly) every microbatch holds a single label: the rows are grouped by label, the "
+            "pitfall this exercise is meant to remove."
+        )
+    drift = np.cumsum(counts[0]) - np.cumsum(sizes) * share  # read so far minus their share
+    last_bad = int(np.flatnonzero(bad[0])[-1])
+    deviation = counts[0][last_bad] - sizes[last_bad] * share
+    if drift.max() >= 1 and deviation < 0:
+        return (
+            "the early microbatches hold more desirable rows than their share, so the desirable "
+            "rows run out before the end. Alternating the labels one by one, or giving every "
+            "microbatch the same rounded-up count, does this unless the labels are half and "
+            "half."
+        )
+    if drift.min() <= -1 and deviation > 0:
+        return (
+            "the early microbatches hold fewer desirable rows than their share, so the surplus "
+            "piles up at the end. Giving every microbatch the same rounded-down count does this."
+        )
+    return (
+        f"microbatch {last_bad + 1} of {len(sizes)} is off balance: a microbatch of m rows must "
+        "hold m times the dataset's share of desirable rows, rounded down or up."
+    )
+
+
+def check_balanced_order(balanced_order, hidden: bool = False) -> None:
+    """Lesson 05, exercise 2: an order whose every sequential microbatch holds its share of
+    desirable rows, each label's rows in an order drawn with rng."""
+    rng = case_rng(LESSON, 2, hidden)
+    cases = _order_cases(rng, hidden)
+    for given, batch_size in cases:
+        labels = np.array(given, dtype=bool)
+        seed = int(rng.integers(1_000_000))
+        argument = list(given) if isinstance(given, list) else labels.copy()
+        with _global_rngs_moved(seed):
+            result = call_learner(
+                balanced_order, argument, batch_size, np.random.default_rng(seed),
+                name="balanced_order",
+            )
+        if not np.array_equal(np.array(argument, dtype=bool), labels):
+            raise CheckFailed(
+                "balanced_order changed the labels it was given: leave them as they are (they "
+                "belong to the rows) and return an order of the rows instead."
+            )
+        order = _order(result, len(labels))
+        if _off_balance(labels, _desirable_counts(labels, order, batch_size), batch_size).any():
+            others = [
+                _order(
+                    call_learner(balanced_order, labels.copy(), batch_size,
+                                 np.random.default_rng(seed + k), name="balanced_order"),
+                    len(labels),
+                )
+                for k in (1, 2, 3, 4)
+            ]  # fmt: skip
+            raise CheckFailed(_name_imbalance(labels, batch_size, [order, *others]))
+        # Reproducible: the same seed gives the same order, whatever the global generators.
+        with _global_rngs_moved(seed + 1):
+            again = call_learner(
+                balanced_order, labels.copy(), batch_size, np.random.default_rng(seed),
+                name="balanced_order",
+            )
+        if not np.array_equal(_order(again, len(labels)), order):
+            raise CheckFailed(
+                "two calls with generators seeded alike gave different orders: draw from the "
+                "rng argument, not from np.random or random, so that a run can be reproduced."
+            )
+        other = _order(
+            call_learner(balanced_order, labels.copy(), batch_size,
+                         np.random.default_rng(seed + 1), name="balanced_order"),
+            len(labels),
+        )  # fmt: skip
+        for label, name in ((True, "desirable"), (False, "undesirable")):
+            rows, rows_other = order[labels[order] == label], other[labels[other] == label]
+            if len(rows) < 6 or not np.array_equal(rows, rows_other):
+                continue  # too few rows for an order to tell rng from no rng
+            kept = "keep their original order" if (np.diff(rows) > 0).all() else (
+                "come in the same order whatever the rng")  # fmt: skip
+            raise CheckFailed(
+                f"the {name} rows {kept}: draw the order of each label's rows with rng. Data "
+                "on disk is often sorted (by prompt, source or date), and a fixed order carries "
+                "that into the microbatches."
+            )
+    passed("balanced_order", len(cases))
 
 
 def _dpo_case(rng, n_prompts: int, n_completions: int, batch: int):
@@ -377,10 +514,9 @@ def check_flip_labels(flip_labels, hidden: bool = False) -> None:
         if int(changed.sum()) not in allowed:
             raise CheckFailed(
                 "the number of flipped labels is wrong: flip exactly round(fraction * "
-                "len(labels)) of them, at distinct positions (rng.choice(n, k, replace=False)). "
-                "Flipping each label with probability fraction gives a different count every "
-                "time; drawing positions with replacement can pick one twice; setting a label to "
-                "False is not flipping it."
+                "len(labels)) of them, at distinct positions drawn with rng. Flipping each label "
+                "with probability fraction gives a different count every time; drawing positions "
+                "with replacement can pick one twice; setting a label to False is not flipping it."
             )
         k = int(changed.sum())
         if 0 < k < n:
@@ -433,16 +569,16 @@ EXERCISES = {
         "allowed": (),
         "hint": "build the rows from the pairs and shuffle them with rng yourself.",
     },
-    "batch_label_shares": {
-        "check": check_batch_label_shares,
-        "twins": ("toy.batch_label_shares",),
-        "allowed": (),
-        "hint": "cut the labels into microbatches yourself.",
+    "balanced_order": {
+        "check": check_balanced_order,
+        "twins": ("toy.balanced_order",),
+        "allowed": ("toy.batch_label_shares",),
+        "hint": "decide each microbatch's count of desirable rows and build the order yourself.",
     },
     "dpo_batch_loss": {
         "check": check_dpo_batch_loss,
-        "twins": ("toy.dpo_batch_loss",),
-        "allowed": ("toy.policy_logps", "torch_ops.dpo_loss"),
+        "twins": ("toy.dpo_batch_loss", "torch_ops.dpo_loss"),
+        "allowed": ("toy.policy_logps",),
         "hint": "compute r_w and r_l from theta and theta_ref yourself.",
     },
     "flip_labels": {

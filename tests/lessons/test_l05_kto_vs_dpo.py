@@ -23,7 +23,7 @@ from shared import answer_cells, define, first_failure, passes, raising, readout
 from kto_course import checks, core, demos, figures, toy
 
 LESSON = "05_kto_vs_dpo"
-EXERCISES = ("pairs_to_unpaired", "batch_label_shares", "dpo_batch_loss", "flip_labels")
+EXERCISES = ("pairs_to_unpaired", "balanced_order", "dpo_batch_loss", "flip_labels")
 REFERENCES = {name: getattr(toy, name) for name in EXERCISES}
 # What the notebook's first code cell imports; planted bugs and solutions run in this namespace.
 NAMESPACE = {"np": np, "torch": torch, "F": F, "core": core, "toy": toy}
@@ -134,6 +134,25 @@ def test_conversion_and_corruptions(small):
     assert sum(not row["label"] for row in kept) == len(pairs)
 
 
+@pytest.mark.parametrize(("n", "n_D", "batch_size"), [(100, 30, 16), (282, 26, 16), (96, 96, 8),
+                                                     (7, 3, 16), (13, 4, 1), (0, 0, 4)])
+def test_balanced_order_gives_every_microbatch_its_share(n, n_D, batch_size):
+    labels = np.arange(n) < n_D  # chosen first, the order a conversion writes
+    order = toy.balanced_order(labels, batch_size, np.random.default_rng(0))
+    assert order.dtype == np.int64 and sorted(order) == list(range(n))
+    sizes = np.array([min(batch_size, n - s) for s in range(0, n, batch_size)])
+    counts = np.rint(toy.batch_label_shares(labels[order], batch_size) * sizes)
+    assert ((sizes * n_D // n <= counts) & (counts <= -(-sizes * n_D // n))).all()
+    again = toy.balanced_order(list(labels), batch_size, np.random.default_rng(0))
+    np.testing.assert_array_equal(again, order)
+
+
+
+@pytest.mark.parametrize("batch_size", [0, -2, 1.5])
+def test_balanced_order_refuses_a_batch_that_is_not_a_count(batch_size):
+    with pytest.raises(ValueError, match="batch_size must be a whole number"):
+        toy.balanced_order([True, False, False], batch_size, np.random.default_rng(0))
+
 def test_label_quality_is_a_set_of_shares():
     quality = toy.label_quality(seed=1)
     assert set(quality) == {"chosen_negative", "rejected_positive", "pairs_reversed"}
@@ -210,14 +229,26 @@ def test_broken_functions_fail_clearly(name, bad, words):
 
 
 def test_nan_and_wrong_shapes_fail_clearly():
-    assert "NaN" in first_failure("batch_label_shares", _returns_nan)
+    assert "3 indices for 100 rows" in first_failure("balanced_order", _returns_nan)
+
+    def nan_per_row(labels, batch_size, rng):
+        return np.full(len(labels), np.nan)
+
+    assert "integer row indices" in first_failure("balanced_order", nan_per_row)
     assert "NaN" in first_failure("dpo_batch_loss", _returns_nan_scalar)
     assert "shape" in first_failure("flip_labels", _returns_nan)
 
-    def shares_with_one_too_many(labels, batch_size):
-        return np.append(toy.batch_label_shares(labels, batch_size), 0.5)
+    def one_row_repeated(labels, batch_size, rng):
+        order = toy.balanced_order(labels, batch_size, rng)
+        return np.append(order[:-1], order[0])
 
-    assert "shape" in first_failure("batch_label_shares", shares_with_one_too_many)
+    assert "not a permutation" in first_failure("balanced_order", one_row_repeated)
+
+    def microbatches(labels, batch_size, rng):
+        order = toy.balanced_order(labels, batch_size, rng)
+        return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+    assert "one flat array" in first_failure("balanced_order", microbatches)
 
     def per_pair_losses(theta, theta_ref, prompt, chosen, rejected, beta):
         logp, logp_ref = F.log_softmax(theta, -1), F.log_softmax(theta_ref, -1)
@@ -245,12 +276,59 @@ def test_more_misconceptions_are_named():
 
     assert "booleans" in first_failure("pairs_to_unpaired", integer_labels)
 
-    def counts(labels, batch_size):
+    def rounded_down(labels, batch_size, rng):
+        # Every microbatch gets floor(m * share); the desirable rows left over come last.
         labels = np.asarray(labels, dtype=bool)
-        starts = range(0, len(labels), batch_size)
-        return np.array([labels[s : s + batch_size].sum() for s in starts])
+        n, share = len(labels), labels.mean()
+        d = list(rng.permutation(np.flatnonzero(labels)))
+        u = list(rng.permutation(np.flatnonzero(~labels)))
+        order = []
+        for start in range(0, n, batch_size):
+            m = min(batch_size, n - start)
+            k = int(m * share) if start + m < n else len(d)
+            order += d[:k] + u[: m - k]
+            d, u = d[k:], u[m - k :]
+        return np.array(order + d + u)
 
-    assert "counts" in first_failure("batch_label_shares", counts)
+    assert "surplus piles up at the end" in first_failure("balanced_order", rounded_down)
+
+    def grouped(labels, batch_size, rng):
+        labels = np.asarray(labels, dtype=bool)
+        return np.concatenate([rng.permutation(np.flatnonzero(labels)),
+                               rng.permutation(np.flatnonzero(~labels))])  # fmt: skip
+
+    assert "single label" in first_failure("balanced_order", grouped)
+
+    def unchanged(labels, batch_size, rng):
+        return np.arange(len(labels))
+
+    assert "nothing was reordered" in first_failure("balanced_order", unchanged)
+
+    def sorted_desirable(labels, batch_size, rng):
+        labels = np.asarray(labels, dtype=bool)
+        order = toy.balanced_order(labels, batch_size, rng)
+        where = labels[order]
+        order[where] = np.sort(order[where])  # the desirable rows back in their own order
+        return order
+
+    assert "keep their original order" in first_failure("balanced_order", sorted_desirable)
+
+    def fixed_generator(labels, batch_size, rng):
+        return toy.balanced_order(labels, batch_size, np.random.default_rng(0))
+
+    assert "whatever the rng" in first_failure("balanced_order", fixed_generator)
+
+    def reorders_in_place(labels, batch_size, rng):
+        order = toy.balanced_order(labels, batch_size, rng)
+        labels[:] = np.asarray(labels)[order]
+        return order
+
+    assert "changed the labels" in first_failure("balanced_order", reorders_in_place)
+
+    def too_short(labels, batch_size, rng):
+        return toy.balanced_order(labels, batch_size, rng)[1:]
+
+    assert "every row must be read exactly once" in first_failure("balanced_order", too_short)
 
     def no_beta(theta, theta_ref, prompt, chosen, rejected, beta):
         return toy.dpo_batch_loss(theta, theta_ref, prompt, chosen, rejected, 1.0)
@@ -307,6 +385,7 @@ def test_checks_restore_the_global_generators():
     np.random.seed(123)
     checks.check_flip_labels(toy.flip_labels)
     checks.check_pairs_to_unpaired(toy.pairs_to_unpaired)
+    checks.check_balanced_order(toy.balanced_order)
     assert np.random.random() == expected
 
 

@@ -16,6 +16,27 @@ def _shuffled_rows(chosen: str, rejected: str, shuffle: str) -> str:
     )
 
 
+def _queued_order(count: str, draw: str = "rng.permutation") -> str:
+    """A balanced_order answer: one queue of row indices per label, in an order drawn by
+    ``draw``; each microbatch (rows start to end) takes the k desirable rows that ``count``
+    sets and fills up with undesirable ones."""
+    return (
+        "def balanced_order(labels, batch_size, rng):\n"
+        "    labels = np.asarray(labels, dtype=bool)\n"
+        "    n, n_D = len(labels), int(labels.sum())\n"
+        f"    d = list({draw}(np.flatnonzero(labels)))\n"
+        f"    u = list({draw}(np.flatnonzero(~labels)))\n"
+        "    order, taken = [], 0\n"
+        "    for start in range(0, n, batch_size):\n"
+        "        end = min(start + batch_size, n)\n"
+        f"{count}"
+        "        k = max(0, min(k, end - start, n_D - taken))\n"
+        "        order += d[taken:taken + k] + u[start - taken:end - taken - k]\n"
+        "        taken += k\n"
+        "    return np.array(order)\n"
+    )
+
+
 BUGS = [
     PlantedBug(
         "pairs_to_unpaired",
@@ -52,41 +73,63 @@ BUGS = [
         "shuffles with the global np.random, not the rng passed in",
     ),
     PlantedBug(
-        "batch_label_shares",
-        "def batch_label_shares(labels, batch_size):\n"
-        "    labels = np.asarray(labels, dtype=bool)\n"
-        "    n = len(labels) // batch_size\n"
-        "    return np.array([labels[k * batch_size:(k + 1) * batch_size].mean()\n"
-        "                     for k in range(n)])\n",
-        "the last, shorter microbatch is missing",
-        "drops the partial microbatch",
+        "balanced_order",
+        "def balanced_order(labels, batch_size, rng):\n"
+        "    return rng.permutation(len(labels))\n",
+        "mixes the labels only on average",
+        "a plain shuffle: balanced on average, not microbatch by microbatch",
     ),
     PlantedBug(
-        "batch_label_shares",
-        "def batch_label_shares(labels, batch_size):\n"
-        "    labels = np.asarray(labels, dtype=bool)\n"
-        "    return np.array([(~labels[s:s + batch_size]).mean()\n"
-        "                     for s in range(0, len(labels), batch_size)])\n",
-        "share of undesirable rows",
-        "counts the False labels",
+        "balanced_order",
+        _queued_order(
+            "        full = end - start == batch_size\n"
+            "        k = round(batch_size * n_D / n) if full else end - start\n"
+        ),
+        "the last, shorter microbatch is off balance",
+        "every full microbatch rounds its share alike; the last takes what is left",
     ),
     PlantedBug(
-        "batch_label_shares",
-        "def batch_label_shares(labels, batch_size):\n"
+        "balanced_order",
+        "def balanced_order(labels, batch_size, rng):\n"
         "    labels = np.asarray(labels, dtype=bool)\n"
-        "    return np.array([labels[s:s + batch_size].sum() / batch_size\n"
-        "                     for s in range(0, len(labels), batch_size)])\n",
-        "divide by its own length",
-        "the partial microbatch divided by the full batch size",
+        "    d = list(rng.permutation(np.flatnonzero(labels)))\n"
+        "    u = list(rng.permutation(np.flatnonzero(~labels)))\n"
+        "    order = [i for pair in zip(d, u) for i in pair]\n"
+        "    return np.array(order + d[len(u):] + u[len(d):])\n",
+        "the desirable rows run out before the end",
+        "alternating labels one by one: the surplus label piles up at the end",
     ),
     PlantedBug(
-        "batch_label_shares",
-        "def batch_label_shares(labels, batch_size):\n"
+        "balanced_order",
+        "def balanced_order(labels, batch_size, rng):\n"
         "    labels = np.asarray(labels, dtype=bool)\n"
-        "    n = -(-len(labels) // batch_size)\n"
-        "    return np.array([labels[k::n].mean() for k in range(n)])\n",
-        "not contiguous",
-        "strided microbatches",
+        "    d = rng.permutation(np.flatnonzero(labels))\n"
+        "    u = rng.permutation(np.flatnonzero(~labels))\n"
+        "    k = round(min(batch_size, len(labels)) * labels.mean())\n"
+        "    first = [*d[:k], *u[:batch_size - k]]\n"
+        "    rest = rng.permutation([*d[k:], *u[batch_size - k:]])\n"
+        "    return np.array(first + list(rest), dtype=int)\n",
+        "only the first microbatch is balanced",
+        "balances the first microbatch, then shuffles the rest",
+    ),
+    PlantedBug(
+        "balanced_order",
+        "def balanced_order(labels, batch_size, rng):\n"
+        "    labels = np.asarray(labels, dtype=bool)\n"
+        "    n, n_D = len(labels), int(labels.sum())\n"
+        "    ends = np.minimum(np.arange(batch_size, n + batch_size, batch_size), n)\n"
+        "    counts = np.diff(ends * n_D // n, prepend=0)\n"
+        "    sizes = np.diff(ends, prepend=0)\n"
+        "    return np.concatenate([[True] * c + [False] * (m - c)\n"
+        "                           for c, m in zip(counts, sizes)]).astype(bool)\n",
+        "returned labels",
+        "the labels in the balanced order instead of the row indices",
+    ),
+    PlantedBug(
+        "balanced_order",
+        _queued_order("        k = end * n_D // n - taken\n", draw="np.random.permutation"),
+        "generators seeded alike gave different orders",
+        "right counts, drawn from the global np.random instead of the rng passed in",
     ),
     PlantedBug(
         "dpo_batch_loss",
