@@ -118,9 +118,16 @@ def batch_order(order: str = BATCH_ORDERS[0], batch_size: int = 8, seed: int = 0
     ax_rows.set_yticks([])
     ax_rows.set_xlabel("row, in the order the trainer reads it")
     ax_rows.set_title("green = desirable, red = undesirable", fontsize=9)
-    ax_share.bar(np.arange(len(shares)), shares, color=COLOR_D)
-    ax_share.bar(np.arange(len(shares)), 1 - shares, bottom=shares, color=COLOR_U)
-    ax_share.set_xlabel("microbatch")
+    # Each microbatch's bar spans its own rows, on the same row axis as the left panel: the axes
+    # stay put whatever the batch size, so a live frame redraws only the bars.
+    starts = np.arange(0, len(labels), batch_size)
+    widths = np.minimum(batch_size, len(labels) - starts)
+    ax_share.bar(starts - 0.5, shares, widths, align="edge", color=COLOR_D, edgecolor="black",
+                 linewidth=0.5)
+    ax_share.bar(starts - 0.5, 1 - shares, widths, bottom=shares, align="edge", color=COLOR_U,
+                 edgecolor="black", linewidth=0.5)
+    ax_share.set_xlim(-0.5, len(labels) - 0.5)
+    ax_share.set_xlabel("rows, one bar per microbatch")
     ax_share.set_ylabel("share of desirable rows")
     ax_share.set_ylim(0, 1)
     return fig, readout_html(
