@@ -128,31 +128,43 @@ def gradient_batch(beta: float, z0: float, r_hard: float) -> dict:
 def gradient_batch_figure(beta: float = 0.1, z0: float = 2.0, r_hard: float = -30.0):
     """Lesson 04's demo: where a batch's updates concentrate, and how beta changes it.
 
-    Left: |dL/dr| against r with the batch on the curve; right: each example's share of the
-    batch's total |dL/dr|, largest first. Returns (fig, readout_html).
+    Left: |dL/dr| as a share of its peak beta / 4 against r, the batch on the curve; right: the
+    share of the batch's total |dL/dr| that the largest updates carry together, largest first
+    (``core.largest_updates`` reads it). Returns (fig, readout_html).
     """
     b = gradient_batch(beta, z0, r_hard)
     r, d, g = b["r"], b["desirable"], b["abs_grad"]
     fig, (ax_curve, ax_share) = new_figure(ncols=2)
-    lo, hi = min(-60.0, r.min()) - 2, max(60.0, r.max()) + 2
-    grid = np.linspace(lo, hi, 401)
-    ax_curve.plot(grid, np.abs(core.kto_loss_grad(grid, z0, np.ones(grid.shape, bool), beta)),
-                  color="0.5", lw=1.2)
-    ax_curve.scatter(r[:-1][d[:-1]], g[:-1][d[:-1]], color=COLOR_D, s=22, label="desirable")
-    ax_curve.scatter(r[~d], g[~d], color=COLOR_U, s=22, label="undesirable")
-    ax_curve.scatter([r[-1]], [g[-1]], color=COLOR_D, marker="*", s=160, ec="black",
+    # Both panels on fixed axes (shares of the peak, shares of the total), so that a live frame
+    # redraws only the curve and the bars (demos.base.DemoCanvas).
+    lo, hi = -62.0, 62.0
+    grid = np.linspace(min(lo, r.min()), max(hi, r.max()), 401)
+    curve = np.abs(core.kto_loss_grad(grid, z0, np.ones(grid.shape, bool), beta)) / b["peak"]
+    ax_curve.plot(grid, curve, color="0.5", lw=1.2)
+    of_peak = g / b["peak"]
+    ax_curve.scatter(r[:-1][d[:-1]], of_peak[:-1][d[:-1]], color=COLOR_D, s=22,
+                     label="desirable")
+    ax_curve.scatter(r[~d], of_peak[~d], color=COLOR_U, s=22, label="undesirable")
+    ax_curve.scatter([r[-1]], [of_peak[-1]], color=COLOR_D, marker="*", s=160, ec="black",
                      label="hard desirable")
     mark_z0(ax_curve, z0, "r = log-ratio")
+    ax_curve.set_xlim(lo, hi)
+    ax_curve.set_ylim(0, 1.15)
+    ax_curve.set_ylabel("|dL/dr| / peak (beta / 4)")
     ax_curve.set_title("|dL/dr| of each example")
     ax_curve.legend(fontsize=7, loc="upper left")
     order = np.argsort(-g, kind="stable")
     share = g[order] / g.sum() if g.sum() > 0 else np.zeros_like(g)
     colors = [COLOR_D if d[i] else COLOR_U for i in order]
-    bars = ax_share.bar(np.arange(len(g)), 100 * share, color=colors)
+    bars = ax_share.bar(np.arange(1, len(g) + 1), 100 * np.cumsum(share), color=colors)
     hard_pos = int(np.flatnonzero(order == len(g) - 1)[0])
     bars[hard_pos].set_edgecolor("black")
     bars[hard_pos].set_linewidth(1.5)
-    ax_share.set_xlabel("examples, largest update first")
+    for level in (50, 80):
+        ax_share.axhline(level, color="0.6", lw=0.8, ls=":")
+    ax_share.set_xlim(0.4, len(g) + 0.6)
+    ax_share.set_ylim(0, 102)
+    ax_share.set_xlabel("the k largest updates (bar k adds the k-th)")
     ax_share.set_ylabel("% of the batch's total |dL/dr|")
     ax_share.set_title("where the update goes")
     return fig, readout_html(
