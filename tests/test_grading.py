@@ -746,3 +746,108 @@ def test_submit_from_the_checkout_or_notebooks_finds_solutions_and_feedback(
         assert cli.main(["submit", notebook]) == 2
         assert seen["solutions_dir"] == root / "solutions"
         assert seen["feedback_dir"] == root / "feedback"
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker's report on torch modules: a training step (lesson 06's kto_step) fills .grad in
+# models that live in the worker only; their gradients and changes come back as plain tensors
+# ---------------------------------------------------------------------------------------------
+
+# A step that leaves a gradient in the policy and, when told to, changes the reference's weights.
+MODULE_STEP = """def step(policy, reference, batch, scale):
+    logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    (scale * logits.float().logsumexp(-1).mean()).backward()
+    if scale < 0:
+        with torch.no_grad():
+            reference.transformer.ln_f.bias += 1.0
+    return scale * 2
+"""
+
+
+@pytest.fixture(scope="module")
+def lesson06_box():
+    """A worker with lesson 06's own setup cell: what unpickling its GPT-2 needs is loaded
+    before the worker locks itself down."""
+    from kto_course.grading import verdicts
+    from kto_course.grading.sandbox import Sandbox
+
+    source = grading.read_notebook(SOLUTIONS / "06_tiny_gpt2_kto.ipynb")
+    with Sandbox(verdicts.setup_source(source)) as box:
+        yield box
+
+
+def _models_and_batch():
+    from kto_course.lm import encode, load_reference
+
+    reference, tokenizer = load_reference()
+    batch = encode(tokenizer, ["review: soup, 5 stars ->", "review: film, 1 star ->"],
+                   [" it was fresh and calm.", " it was dull."])  # fmt: skip
+    return reference, batch
+
+
+def test_a_modules_gradients_and_changes_come_back_from_the_worker(lesson06_box):
+    import torch
+
+    from kto_course.checks.base import call_and_read_modules
+
+    model, batch = _models_and_batch()
+    here = {"torch": torch}
+    exec(MODULE_STEP, here)  # noqa: S102 (the same step, run in this process)
+    remote = lesson06_box.function("step", [("<the answer cell of step>", MODULE_STEP, False)])
+    try:
+        for scale in (1.0, -1.0):
+            views = []
+            for fn in (remote, here["step"]):
+                args = (copy.deepcopy(model).train(), copy.deepcopy(model), batch, scale)
+                views.append(call_and_read_modules(fn, args, name="step"))
+            (value, states), (value_here, states_here) = views
+            assert float(value) == float(value_here) == 2 * scale
+            assert states[2:] == states_here[2:] == [None, None]
+            policy, reference = states[0], states[1]
+            assert set(policy["grads"]) == {n for n, _ in model.named_parameters()}
+            for name, grad in policy["grads"].items():
+                assert torch.allclose(grad, states_here[0]["grads"][name], atol=1e-6), name
+            assert all(g is None for g in reference["grads"].values())
+            assert policy["changed"] == []
+            assert reference["changed"] == states_here[1]["changed"] == (
+                ["transformer.ln_f.bias"] if scale < 0 else [])
+    finally:
+        remote.finish()
+    assert all(p.grad is None for p in model.parameters())  # the worker had its own copies
+
+
+_Z0_ATTACHED = next(b.code for b in PLANTED_BUGS["06_tiny_gpt2_kto"]
+                    if b.exercise == "kto_step" and b.message == "z0 is not detached")
+WORKER_ANSWERS = {
+    "raises": ("def kto_step(*args, **kwargs):\n    raise ValueError('boom')\n",
+               "kto_step raised ValueError: boom"),
+    "NaN": ("def kto_step(*args, **kwargs):\n    return float('nan')\n", "kto_step returned NaN"),
+    "a model": ("def kto_step(policy, *args, **kwargs):\n    return policy\n", "cannot read"),
+    "z0 attached": (_Z0_ATTACHED, "z0 is not detached"),
+    "a twin": ("import importlib\n"
+               "_twin = importlib.import_module('kto_course.train').sequence_logps_of\n"
+               "def kto_step(policy, reference, labelled, *args):\n"
+               "    return _twin(policy, labelled).sum()\n", "you called the course's own"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("answer,words", list(WORKER_ANSWERS.values()), ids=list(WORKER_ANSWERS))
+def test_kto_step_graded_in_the_worker_names_what_went_wrong(lesson06_box, answer, words):
+    from kto_course.checks import EXERCISES
+    from kto_course.grading import verdicts
+
+    entry = EXERCISES["06_tiny_gpt2_kto"]["kto_step"]
+    sources = [("<the answer cell of kto_step>", answer, False)]
+    ok, message = verdicts.verdict(entry, "kto_step", sources, lesson06_box, hidden=True)
+    assert not ok and words in message, message
+
+
+def test_kto_step_solution_passes_in_the_worker(lesson06_box):
+    from kto_course.checks import EXERCISES
+    from kto_course.grading import verdicts
+
+    source = grading.read_notebook(SOLUTIONS / "06_tiny_gpt2_kto.ipynb")
+    sources = verdicts.answer_sources(source, "kto_step")
+    entry = EXERCISES["06_tiny_gpt2_kto"]["kto_step"]
+    ok, message = verdicts.verdict(entry, "kto_step", sources, lesson06_box, hidden=True)
+    assert ok and "graded checks passed" in message, message

@@ -132,6 +132,71 @@ def call_and_backprop(fn, args, wrt, name: str):
     return value, requires, grads, error
 
 
+def call_and_read_modules(fn, args, name: str):
+    """Call the learner's function on ``args``, some of them ``torch.nn.Module`` s (a training
+    step that calls ``backward()`` itself, lesson 06).
+
+    ``(value, states)``: the value (detached) and, for each argument, None if it is not a
+    module, else ``{"grads": {parameter name: its .grad or None}, "changed": [names of the
+    parameters the call changed]}``. The same with the learner's own function in the notebook
+    and with the grader's ``RemoteFunction``, whose modules live in its worker process
+    (``fn.call_modules``).
+    """
+    from kto_course.grading.worker import module_parameters, module_report, module_snapshot
+
+    remote = getattr(fn, "call_modules", None)
+    if remote is not None and callable(fn):
+        value, states = call_learner(remote, *args, name=name)
+    else:
+        before = module_snapshot(args)
+        value = call_learner(fn, *args, name=name)
+        states = module_report(args, before)
+    if hasattr(value, "detach"):
+        value = value.detach()
+    out = []
+    for i, arg in enumerate(args):
+        state = states[i] if isinstance(states, list) and i < len(states) else None
+        out.append(None if module_parameters(arg) is None else _module_state(state, name))
+    return value, out
+
+
+def _module_state(state, name: str) -> dict:
+    """A module's state from ``module_report``, its types checked (when graded it comes from
+    the learner's process)."""
+    import torch
+
+    grads = state.get("grads") if isinstance(state, dict) else None
+    changed = state.get("changed") if isinstance(state, dict) else None
+    if (not isinstance(grads, dict) or not isinstance(changed, (list, tuple))
+            or not all(g is None or isinstance(g, torch.Tensor) for g in grads.values())):
+        raise CheckFailed(f"{name}: the grader could not read what it did to the models.")
+    return {"grads": grads, "changed": [str(n) for n in changed]}
+
+
+def has_gradient(grads: dict) -> bool:
+    """Whether any of a module's parameters holds a nonzero ``.grad`` (``{name: grad|None}``)."""
+    return any(g is not None and bool((g != 0).any()) for g in grads.values())
+
+
+def gradient_distance(got: dict, want: dict) -> float:
+    """Relative L2 distance over all parameters of the gradients ``got`` from ``want`` (both
+    ``{name: tensor or None}``, None counting as 0); inf for NaN or a wrong shape."""
+    import torch
+
+    num = den = 0.0
+    for name, w in want.items():
+        g = got.get(name)
+        if g is None and w is None:
+            continue
+        g = torch.zeros_like(w, dtype=torch.float64) if g is None else g.double()
+        w = torch.zeros_like(g) if w is None else w.double()
+        if g.shape != w.shape:
+            return float("inf")
+        num += float(((g - w) ** 2).sum())
+        den += float((w**2).sum())
+    return (num / max(den, 1e-300)) ** 0.5 if np.isfinite(num) else float("inf")
+
+
 def as_float_array(value, name: str, shape: tuple | None = None) -> np.ndarray:
     """The learner's result as a float array: reject None, NaN and wrong shapes clearly."""
     if value is None:

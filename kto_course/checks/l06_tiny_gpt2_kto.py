@@ -1,19 +1,26 @@
 """Lesson 06, the tiny GPT-2 fine-tune: checks of completion log-probs from logits, one
-microbatch's KTO loss from the four forward passes, and the scores of sampled completions."""
+microbatch's KTO loss from the four sets of log-probs, and one KTO step on the model (its four
+forward passes, z0, the loss and backward), graded on the loss and the gradients it leaves."""
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import numpy as np
 
-from kto_course import core
+from kto_course import core, system
 from kto_course.checks.base import (
     CheckFailed,
     as_float_array,
     call_and_backprop,
+    call_and_read_modules,
     call_learner,
     case_rng,
     close,
     diagnose,
+    gradient_distance,
+    has_gradient,
     passed,
 )
 
@@ -244,65 +251,219 @@ def check_kto_microbatch_loss(kto_microbatch_loss, hidden: bool = False) -> None
     passed("kto_microbatch_loss", len(cases))
 
 
-def _samples(rng, n: int) -> tuple[list[str], list[str]]:
-    """Prompts and completions of the task: desirable, undesirable, malformed and repeats."""
+# -- exercise 3: one KTO step on the tiny GPT-2 -----------------------------------------------
+
+# The step runs in float32, as the lesson's models do: how far (relative L2 distance over all the
+# policy's parameters) its gradient may be from the reference computation's. Another order of
+# the same operations (the trainer's lean forward, no attention mask) stays below 1e-5.
+GRAD_RTOL = 1e-4
+# kto_step's cases, (batch, desirable rows, sign of the raw z0): a positive z0 (which a z0 left
+# attached to the policy shows in the gradient) and a clamped one in each mode.
+STEP_CASES = [(8, 6, 1), (5, 2, -1), (4, 1, 1)]
+HIDDEN_STEP_CASES = [(8, 8, 1), (2, 1, -1), (7, 3, -1), (6, 0, 1)]
+
+
+@functools.cache
+def _shipped():
+    """The lesson's reference model and tokenizer, loaded once; cases hand out copies."""
+    from kto_course.lm import load_reference
+
+    return load_reference()
+
+
+def _seq_logps(model, batch):
+    from kto_course import torch_ops
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return torch_ops.sequence_logps_from_logits(logits, batch["input_ids"],
+                                                batch["completion_mask"])  # fmt: skip
+
+
+def _rows(rng, batch: int, n_desirable: int):
+    """Prompts, completions and labels of the task, ``n_desirable`` judged 👍; the others have
+    an adjective against the rating or are malformed."""
     from kto_course.lm import task
 
-    adjectives = task.POSITIVE + task.NEGATIVE
+    labels = np.array([True] * n_desirable + [False] * (batch - n_desirable))
+    rng.shuffle(labels)
     prompts, completions = [], []
-    for _ in range(n):
-        prompts.append(task.make_prompt(rng.choice(task.ITEMS), rng.choice(list(task.RATINGS))))
-        kind = rng.random()
-        if kind < 0.15:
-            completions.append(rng.choice([" it was great", " it was nice and warm.", "",
-                                           " it was great and fun. it was", " was dull."]))
-        elif kind < 0.35 and completions:
-            completions.append(completions[int(rng.integers(len(completions)))])  # a repeat
-        else:
-            completions.append(task.make_completion(rng.choice(adjectives), rng.choice(adjectives)))
-    return prompts, completions
+    for label in labels:
+        rating = str(rng.choice(list(task.RATINGS)))
+        agree, disagree = (task.POSITIVE, task.NEGATIVE)[:: 1 if task.RATINGS[rating] else -1]
+        prompts.append(task.make_prompt(str(rng.choice(task.ITEMS)), rating))
+        words = [str(rng.choice(agree)), str(rng.choice(agree if label else disagree))]
+        rng.shuffle(words)
+        malformed = not label and rng.random() < 0.2
+        completions.append(str(rng.choice([" it was great", " it was dull and.", " was fun."]))
+                           if malformed else task.make_completion(*words))  # fmt: skip
+    return prompts, completions, labels
 
 
-def check_score_samples(score_samples, hidden: bool = False) -> None:
-    """Lesson 06, exercise 3: desirable rate, well-formed rate and distinct completions."""
-    from kto_course.lm import task
+def _perturbed(base, labelled, mismatched, rng, z0_sign: int):
+    """A policy that differs from ``base``: seeded noise, then one gradient step that moves each
+    labelled row's log-prob up or down at random and the mismatched rows' mean log-prob in the
+    direction ``z0_sign`` (a positive z0, or a negative estimate that the clamp sets to 0)."""
+    import torch
 
-    rng = case_rng(LESSON, 3, hidden)
-    sizes = [40, 25] + ([60, 7, 120] if hidden else [])
-    for n in sizes:
-        prompts, completions = _samples(rng, n)
-        out = as_float_array(
-            call_learner(score_samples, list(prompts), list(completions), name="score_samples"),
-            "score_samples",
-            shape=(3,),
-        )
-        labels = task.judge(prompts, completions)
-        well_formed = [task.is_well_formed(c) for c in completions]
-        right = [sum(labels) / n, sum(well_formed) / n, len(set(completions))]
-        if close(out, right):
-            continue
-        if not close(out[0], right[0]) and close(out[0], right[1]):
-            raise CheckFailed(
-                "score_samples: your desirable rate counts every well-formed completion: "
-                "well-formed is not enough, both adjectives must agree with the rating "
-                "(use task.judge)."
-            )
-        pairs = len(set(zip(prompts, completions, strict=True)))
-        if not close(out[2], right[2]) and close(out[2], pairs):
-            raise CheckFailed(
-                "score_samples: count distinct completions, not distinct (prompt, completion) "
-                "pairs: diversity asks how many different things the model says."
-            )
-        if not close(out[2], right[2]) and close(out[2], n):
-            raise CheckFailed(
-                "score_samples: your distinct count is the number of samples: count DIFFERENT "
-                "completion strings (len(set(completions)))."
-            )
+    policy = copy.deepcopy(base)
+    g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=g))
+    weights = torch.tensor(rng.normal(0.0, 1.0, len(labelled["input_ids"])), dtype=torch.float32)
+    objective = ((weights * _seq_logps(policy, labelled)).mean()
+                 + z0_sign * _seq_logps(policy, mismatched).mean())  # fmt: skip
+    params = list(policy.parameters())
+    with torch.no_grad():
+        for p, grad in zip(params, torch.autograd.grad(objective, params), strict=True):
+            p.add_(0.03 * grad)
+    return policy.train()
+
+
+def _step_case(rng, batch: int, n_desirable: int, z0_sign: int):
+    """(policy, reference, labelled, mismatched, desirable, beta, lambda_D, lambda_U): one
+    microbatch of the task encoded as the lesson encodes it, and two models that differ."""
+    import torch
+
+    from kto_course import torch_ops
+    from kto_course.lm import encode
+
+    base, tokenizer = _shipped()
+    prompts, completions, labels = _rows(rng, batch, n_desirable)
+    shift = torch_ops.mismatched_indices(batch).tolist()  # x_i with y_{i-1}
+    labelled = encode(tokenizer, prompts, completions)
+    mismatched = encode(tokenizer, prompts, [completions[j] for j in shift])
+    for _ in range(20):  # the first draw almost always has a raw z0 of the wanted sign
+        policy = _perturbed(base, labelled, mismatched, rng, z0_sign)
+        with torch.no_grad():
+            r_mis = _seq_logps(policy, mismatched) - _seq_logps(base, mismatched)
+        if z0_sign * float(r_mis.mean()) > 0.1:
+            break
+    lambda_D = float(rng.uniform(0.6, 1.0))
+    weights = (float(rng.uniform(0.3, 1.0)), lambda_D, lambda_D + float(rng.uniform(0.3, 0.8)))
+    # The reference keeps requires_grad on (as load_reference gives it): a forward pass of it
+    # with gradient shows as gradients in its parameters.
+    reference = copy.deepcopy(base).eval()
+    return (policy, reference, labelled, mismatched, torch.tensor(labels), *weights)
+
+
+def _reference_step(case, attached_z0: bool = False):
+    """The four log-prob sets (NumPy, float64) and the policy's gradients {name: float64} of
+    the step, on a copy of the policy; ``attached_z0``: z0 left attached to the policy."""
+    import torch
+
+    from kto_course import torch_ops
+
+    policy, reference, labelled, mismatched, desirable, *weights = case
+    policy = copy.deepcopy(policy)
+    logp_theta = _seq_logps(policy, labelled)
+    with torch.no_grad():
+        logp_ref, kl_logp_ref = _seq_logps(reference, labelled), _seq_logps(reference, mismatched)
+    with torch.set_grad_enabled(attached_z0):
+        kl_logp_theta = _seq_logps(policy, mismatched)
+    z0 = (kl_logp_theta - kl_logp_ref).mean().clamp(min=0)
+    torch_ops.kto_losses(logp_theta - logp_ref, z0, desirable, *weights).mean().backward()
+    four = (logp_theta, logp_ref, kl_logp_theta, kl_logp_ref)
+    return ([t.detach().double().numpy() for t in four],
+            {n: p.grad.detach().double() for n, p in policy.named_parameters()})  # fmt: skip
+
+
+def _step_suspects(r, r_mis, d, beta, lambda_D, lambda_U):
+    z0, weights = core.z0_estimate(r_mis), (beta, lambda_D, lambda_U)
+    return [
+        (core.kto_loss(r, core.z0_estimate(r_mis, clamp=False), d, *weights),
+         "your z0 is negative here: clamp it at 0 (the reference point is never below 0)."),
+        (float(np.sum(core.kto_losses(r, z0, d, *weights))),
+         "you summed the per-example losses: the microbatch's loss is their MEAN."),
+        (core.kto_loss(r_mis, core.z0_estimate(r), d, *weights),
+         "labelled and mismatched are swapped: r comes from the labelled pairs (x_i, y_i), z0 "
+         "from the mismatched pairs (x_i, y_{i-1})."),
+        (core.kto_loss(r, core.z0_estimate(r), d, *weights),
+         "z0 comes from the labelled pairs: estimate it from the MISMATCHED batch."),
+        (core.kto_loss(-r, core.z0_estimate(-r_mis), d, *weights),
+         "policy and reference are swapped: r = log pi_theta - log pi_ref, the policy's "
+         "log-prob minus the reference's, on the same rows."),
+        (core.kto_loss(r, 0.0, d, *weights), "z0 is missing: the margin is delta = r - z0."),
+        (core.kto_loss(r, z0, d),
+         "beta, lambda_D and lambda_U were not passed on: the loss must use kto_step's own "
+         "arguments, not the defaults."),
+        (core.kto_loss(r, z0, ~d, *weights),
+         "the labels are swapped: desirable examples should be pushed UP."),
+    ]  # fmt: skip
+
+
+def _gradient_suspects(case, grads: dict):
+    _, attached = _reference_step(case, attached_z0=True)
+    return [
+        (attached, "z0 is not detached: the gradient flows through the policy's forward pass on "
+         "the mismatched pairs. z0 only sets where the loss saturates; compute it under "
+         "torch.no_grad() (or detach it)."),
+        ({n: len(case[4]) * g for n, g in grads.items()}, "the gradient is that of the SUM of "
+         "the per-example losses: call backward() on the mean, the loss you return."),
+    ]  # fmt: skip
+
+
+def _check_step_case(kto_step, case) -> None:
+    policy, reference, labelled, mismatched, desirable, *weights = case
+    args = (copy.deepcopy(policy), copy.deepcopy(reference),
+            {k: v.clone() for k, v in labelled.items()},
+            {k: v.clone() for k, v in mismatched.items()}, desirable.clone(), *weights)  # fmt: skip
+    value, states = call_and_read_modules(kto_step, args, name="kto_step")
+    out = as_float_array(value, "kto_step")
+    if out.shape != ():
         raise CheckFailed(
-            "score_samples: expected [desirable rate, well-formed rate, number of distinct "
-            "completions], rates as fractions of all samples."
+            f"kto_step returned shape {out.shape}: return the microbatch's loss, one number (the "
+            "mean over its examples)."
         )
-    passed("score_samples", len(sizes))
+    logps, right_grads = _reference_step(case)
+    r, r_mis, d = logps[0] - logps[1], logps[2] - logps[3], desirable.numpy()
+    right = core.kto_loss(r, core.z0_estimate(r_mis), d, *weights)
+    if not close(out, right, rtol=1e-5, atol=1e-6):
+        diagnose(out, right, _step_suspects(r, r_mis, d, *weights),
+                 "the loss is not the mean over the microbatch of lambda_y - v_y, with r from the "
+                 "policy and the reference on the labelled pairs and z0 from both on the "
+                 "mismatched pairs, clamped at 0.",
+                 name="kto_step", rtol=1e-5, atol=1e-6)  # fmt: skip
+    for who, state in (("policy", states[0]), ("reference", states[1])):
+        if state["changed"]:
+            raise CheckFailed(
+                f"kto_step changed the {who}'s weights ({state['changed'][0]}): no optimizer step "
+                "(and no other change of the parameters) inside kto_step. It only leaves the "
+                "gradient in .grad; the trainer clips it and steps."
+            )
+    if has_gradient(states[1]["grads"]):
+        raise CheckFailed(
+            "kto_step: the reference model received a gradient: run its forward passes under "
+            "torch.no_grad(). The reference is frozen; only the policy's forward pass on the "
+            "labelled pairs carries a gradient."
+        )
+    grads = states[0]["grads"]
+    if not has_gradient(grads):
+        raise CheckFailed(
+            "kto_step: no gradient reached the policy's parameters: call loss.backward() inside "
+            "kto_step, so that .grad holds what the trainer's optimizer step reads."
+        )
+    if gradient_distance(grads, right_grads) > GRAD_RTOL:
+        for wrong, words in _gradient_suspects(case, right_grads):
+            if (gradient_distance(wrong, right_grads) > 100 * GRAD_RTOL
+                    and gradient_distance(grads, wrong) < GRAD_RTOL):  # fmt: skip
+                raise CheckFailed(f"kto_step: {words}")
+        raise CheckFailed(
+            "kto_step returns the right loss, but the gradients in the policy are not that loss's "
+            "(or not finite): backward() once, on the loss you return, with only the policy's "
+            "forward pass on the labelled pairs in the graph."
+        )
+
+
+def check_kto_step(kto_step, hidden: bool = False) -> None:
+    """Lesson 06, exercise 3: one KTO step on the tiny GPT-2: the four forward passes (one with
+    gradient), z0 detached and clamped, the mean loss, backward; no optimizer step."""
+    rng = case_rng(LESSON, 3, hidden)
+    specs = STEP_CASES + (HIDDEN_STEP_CASES if hidden else [])
+    with system.one_thread():  # on a busy 2-core machine, two threads made it 40x slower
+        for spec in specs:
+            _check_step_case(kto_step, _step_case(rng, *spec))
+    passed("kto_step", len(specs))
 
 
 # The lesson's exercises, for the grader: check, answer twins, usable package functions (see
@@ -321,10 +482,12 @@ EXERCISES = {
         "allowed": ("torch_ops.z0_estimate",),
         "hint": "build the loss from the four log-prob tensors yourself.",
     },
-    "score_samples": {
-        "check": check_score_samples,
-        "twins": (),
-        "allowed": ("lm.task.judge", "lm.task.is_well_formed"),
-        "hint": "",
+    "kto_step": {
+        "check": check_kto_step,
+        # sequence_logps_of is the trainer's forward: dead, it takes KTOTrainer.logps and
+        # KTOTrainer.step (the whole step) with it.
+        "twins": ("torch_ops.batch_kto_loss", "torch_ops.z0_estimate", "train.sequence_logps_of"),
+        "allowed": ("torch_ops.sequence_logps_from_logits", "torch_ops.kto_losses"),
+        "hint": "run the four forward passes, z0, the loss and backward() yourself.",
     },
 }

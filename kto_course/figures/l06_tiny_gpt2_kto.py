@@ -1,5 +1,5 @@
-"""Lesson 06, KTO on a tiny GPT-2: a run's training curves; each model's first adjective; the
-log-probs of the tokens every completion ends with."""
+"""Lesson 06, KTO on a tiny GPT-2: one microbatch's four sets of log-probs; a run's training
+curves; each model's first adjective; the log-probs of the tokens every completion ends with."""
 
 from __future__ import annotations
 
@@ -8,10 +8,27 @@ import numpy as np
 from kto_course.figures.base import COLOR_D, COLOR_U, new_figure, readout_html
 
 __all__ = [
+    "four_logps",
     "training_curves",
     "adjective_bars",
     "ending_logps",
 ]
+
+
+def four_logps(policy, reference, labelled: dict, mismatched: dict) -> dict[str, np.ndarray]:
+    """Lesson 06's table of one microbatch, as numbers: the sequence log-probs (B,) of the
+    labelled pairs (x_i, y_i) and of the mismatched pairs (x_i, y_{i-1}), batches from
+    ``lm.encode``, under the policy and the reference, named as in the lesson. Read only: no
+    gradient, and the models are left as they were (the trainer's own forward pass)."""
+    import torch
+
+    from kto_course.train import sequence_logps_of
+
+    with torch.no_grad():
+        sets = {"logp_theta": (policy, labelled), "logp_ref": (reference, labelled),
+                "kl_logp_theta": (policy, mismatched), "kl_logp_ref": (reference, mismatched)}
+        return {name: sequence_logps_of(model, batch).cpu().numpy()
+                for name, (model, batch) in sets.items()}  # fmt: skip
 
 
 def ending_logps(model, tokenizer, rows: list[dict]) -> dict[str, float]:

@@ -188,7 +188,9 @@ class RemoteFunction:
 
     ``call_backward(wrt, *args)`` calls it, then ``backward()`` on its (scalar tensor) result
     in the worker: ``(value, requires_grad, grads of args[i] for i in wrt, backward error)``
-    (what ``checks.base.call_and_backprop`` returns).
+    (what ``checks.base.call_and_backprop`` returns). ``call_modules(*args)`` calls it and
+    reports what it did to its ``torch.nn.Module`` arguments, which live in the worker only
+    (``checks.base.call_and_read_modules``).
     """
 
     def __init__(self, sandbox: Sandbox, name: str, sources, twins, hint: str):
@@ -330,7 +332,7 @@ class RemoteFunction:
         except CheckFailed as e:
             self._failure = e
 
-    def _call(self, args, kwargs, backprop=None) -> dict:
+    def _call(self, args, kwargs, backprop=None, modules: bool = False) -> dict:
         if self._failure is not None:
             raise self._failure
         if self.pid is None:
@@ -340,7 +342,7 @@ class RemoteFunction:
             self._raise(self.ready)
         try:
             self.sandbox._send({"op": "call", "args": args, "kwargs": kwargs,
-                                "backprop": backprop})  # fmt: skip
+                                "backprop": backprop, "modules": modules})  # fmt: skip
         except WorkerGone:
             self.sandbox.close()
             self.pid = None
@@ -366,6 +368,16 @@ class RemoteFunction:
         grads = list(reply.get("grads") or [None] * len(wrt))
         return (reply.get("value"), bool(reply.get("requires_grad")), grads,
                 reply.get("backward_error"))  # fmt: skip
+
+    def call_modules(self, *args, **kwargs):
+        """Call it; ``(value, states)``, ``states[i]`` what the call did to ``args[i]`` if it
+        is a ``torch.nn.Module`` (``worker.module_report``: its parameters' ``.grad`` and which
+        parameters changed), else None (what ``checks.base.call_and_read_modules`` returns)."""
+        reply = self._call(args, kwargs, modules=True)
+        states = reply.get("modules")
+        states = list(states) if isinstance(states, list) else []
+        states = [s if isinstance(s, dict) else None for s in states[: len(args)]]
+        return reply.get("value"), states + [None] * (len(args) - len(states))
 
 
 def _write_back(args, after) -> None:

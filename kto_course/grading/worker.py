@@ -20,7 +20,11 @@ before the first exercise whose answer names what it binds. Before any learner c
   no processes, signals to others, sockets, ctypes, garbage-collector walks or code swaps.
 
 Protocol: frames of an 8-byte big-endian length and a payload; grading process -> worker:
-pickle; worker -> grading process: ``codec`` JSON only (never pickle).
+pickle; worker -> grading process: ``codec`` JSON only (never pickle). A call's reply carries
+its value, the arguments it changed in place (arrays, tensors, lists, dicts) and, on request,
+the gradients of its tensor arguments after ``backward()`` on the value (``backprop``) or what
+it did to each ``torch.nn.Module`` argument: the ``.grad`` of every parameter and which
+parameters changed (``modules``; a lesson-06 training step fills ``.grad`` itself).
 """
 
 from __future__ import annotations
@@ -235,9 +239,12 @@ def _serve_exercise(msg: dict, ns: dict, fd_in: int, fd_out: int) -> None:
         args, kwargs = request["args"], request["kwargs"]
         reply: dict = {"op": "reply"}
         try:
+            before = module_snapshot(args) if request.get("modules") else None
             value = fn(*args, **kwargs)
             if request.get("backprop") is not None:
                 value = _backprop(value, args, request["backprop"], reply)
+            if before is not None:
+                reply["modules"] = module_report(args, before)
             reply["value"] = value
         except SystemExit:
             reply.update(error="SystemExit", message="")
@@ -267,6 +274,46 @@ def _backprop(value, args, wrt, reply):
             for i in wrt
         ]
     return value.detach() if isinstance(value, torch.Tensor) else value
+
+
+def module_parameters(arg):
+    """``arg``'s named parameters if it is a ``torch.nn.Module``, else None."""
+    torch = sys.modules.get("torch")  # never imported here: no torch, no module
+    if torch is None or not isinstance(arg, torch.nn.Module):
+        return None
+    return dict(arg.named_parameters())
+
+
+def module_snapshot(args) -> list:
+    """For each argument that is a ``torch.nn.Module``, a copy of its parameter values (else
+    None): what ``module_report`` compares with after the call."""
+    out = []
+    for arg in args:
+        params = module_parameters(arg)
+        out.append(None if params is None else {n: p.detach().clone() for n, p in params.items()})
+    return out
+
+
+def module_report(args, before) -> list:
+    """What a call did to each ``torch.nn.Module`` argument (None for the others):
+    ``{"grads": {parameter name: its .grad or None}, "changed": [names of the parameters whose
+    values changed, or that were replaced, added or removed]}``. Plain tensors, lists and dicts:
+    ``codec`` carries them back (a module itself cannot cross)."""
+    import torch
+
+    out = []
+    for arg, old in zip(args, before, strict=True):
+        params = module_parameters(arg)
+        if params is None or old is None:
+            out.append(None)
+            continue
+        grads = {n: None if p.grad is None else p.grad.detach().clone() for n, p in params.items()}
+        changed = sorted(set(old) ^ set(params))
+        changed += [n for n, p in params.items() if n in old and not (
+            p.dtype == old[n].dtype and p.shape == old[n].shape
+            and torch.equal(p.detach(), old[n]))]  # fmt: skip
+        out.append({"grads": grads, "changed": changed})
+    return out
 
 
 def _stand_ins(names) -> None:

@@ -19,6 +19,36 @@ def _microbatch_loss(z0: str, result: str = "losses.mean()") -> str:
     )
 
 
+def _step(z0: str = "(kl_logp_theta - kl_logp_ref).mean().clamp(min=0)",
+          kl_with_grad: bool = False, ref_with_grad: bool = False, reduce: str = "mean",
+          backward: str = "    loss.backward()\n") -> str:
+    """A kto_step answer with one thing changed (the z0 line, a forward pass taken out of
+    no_grad, the reduction, the lines after the loss), right otherwise."""
+    forwards = [("logp_ref = logps(reference, labelled)", ref_with_grad),
+                ("kl_logp_theta = logps(policy, mismatched)", kl_with_grad),
+                ("kl_logp_ref = logps(reference, mismatched)", False)]
+    with_grad = "".join(f"    {line}\n" for line, out in forwards if out)
+    no_grad = "".join(f"        {line}\n" for line, out in forwards if not out)
+    return (
+        "def kto_step(policy, reference, labelled, mismatched, desirable, beta=0.1,\n"
+        "             lambda_D=1.0, lambda_U=1.0):\n"
+        "    def logps(model, batch):\n"
+        "        logits = model(input_ids=batch['input_ids'],\n"
+        "                       attention_mask=batch['attention_mask']).logits\n"
+        "        return torch_ops.sequence_logps_from_logits(logits, batch['input_ids'],\n"
+        "                                                    batch['completion_mask'])\n"
+        "    logp_theta = logps(policy, labelled)\n"
+        + with_grad
+        + "    with torch.no_grad():\n" + no_grad
+        + f"    z0 = {z0}\n"
+        "    losses = torch_ops.kto_losses(logp_theta - logp_ref, z0, desirable, beta,\n"
+        "                                  lambda_D, lambda_U)\n"
+        f"    loss = losses.{reduce}()\n"
+        + backward
+        + "    return loss.detach()\n"
+    )
+
+
 BUGS = [
     PlantedBug(
         "completion_logps",
@@ -104,23 +134,33 @@ BUGS = [
         "returned a Python float: loss.backward() impossible",
     ),
     PlantedBug(
-        "score_samples",
-        "def score_samples(prompts, completions):\n"
-        "    n = len(completions)\n"
-        "    well_formed = [task.is_well_formed(c) for c in completions]\n"
-        "    return [sum(well_formed) / n, sum(well_formed) / n, len(set(completions))]\n",
-        "well-formed is not enough",
-        "the format alone counted as a thumbs-up",
+        "kto_step",
+        _step(kl_with_grad=True),
+        "z0 is not detached",
+        "the policy's mismatched forward pass runs with gradient and z0 is not detached",
     ),
     PlantedBug(
-        "score_samples",
-        "def score_samples(prompts, completions):\n"
-        "    n = len(completions)\n"
-        "    labels = task.judge(prompts, completions)\n"
-        "    well_formed = [task.is_well_formed(c) for c in completions]\n"
-        "    return [sum(labels) / n, sum(well_formed) / n,\n"
-        "            len(set(zip(prompts, completions)))]\n",
-        "not distinct (prompt, completion) pairs",
-        "diversity counted over prompt-completion pairs",
+        "kto_step",
+        _step(ref_with_grad=True),
+        "the reference model received a gradient",
+        "the reference's forward pass on the labelled pairs outside no_grad",
+    ),
+    PlantedBug(
+        "kto_step",
+        _step(backward=""),
+        "no gradient reached the policy",
+        "loss.backward() never called",
+    ),
+    PlantedBug(
+        "kto_step",
+        _step(z0="(kl_logp_theta - kl_logp_ref).mean()"),
+        "clamp it at 0",
+        "negative z0 estimate not clamped",
+    ),
+    PlantedBug(
+        "kto_step",
+        _step(reduce="sum"),
+        "summed the per-example losses",
+        "sum instead of mean over the microbatch",
     ),
 ]
