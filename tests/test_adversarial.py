@@ -5,11 +5,11 @@
   0 on that exercise only, with "you called the course's own ...". Graded through
   ``verdicts.grade_notebook``, the step both ``kto-course submit`` and ``nbgrader autograde``
   use, with one warm worker per lesson (fast).
-- ``CHEATS`` and ``CRASHES``: each row a student of lesson 01 whose answer to ``log_ratio`` is
+- ``CHEATS`` and ``CRASHES``: each row a student of lesson 01 whose answer to ``dpo_loss`` is
   the cheat (and otherwise the solution). They are graded in ONE class run, nbgrader's own
   ``nbgrader autograde`` in a course that ``kto-course course`` lays out (the class path), and
   a selection of them through ``kto-course submit`` (the learner's path). A cheat must score 0
-  on ``log_ratio`` and full marks elsewhere, leave no trace (the checkout's files it aims at are
+  on ``dpo_loss`` and full marks elsewhere, leave no trace (the checkout's files it aims at are
   unchanged, a sentinel outside the grading folder still exists) and no hidden text in the
   feedback; a crash must grade the rest.
 """
@@ -35,15 +35,11 @@ from kto_course.grading import verdicts
 from kto_course.grading.sandbox import Sandbox
 
 LESSON = "01_log_ratio"
-TARGET = "log_ratio"
+TARGET = "dpo_loss"
 TIMEOUT = 12  # seconds a kernel cell may run in these courses
-WRONG = (
-    "def log_ratio(logp_theta, logp_ref):\n    return 0.0 * np.asarray(logp_theta, dtype=float)\n"
-)
-RIGHT = (
-    "def log_ratio(logp_theta, logp_ref):\n"
-    "    return np.asarray(logp_theta, dtype=float) - np.asarray(logp_ref, dtype=float)\n"
-)
+WRONG = "def dpo_loss(r_w, r_l, beta):\n    return 0.0 * np.asarray(r_w, dtype=float)\n"
+# The body of a right answer (the stable DPO loss), after its def line.
+RIGHT = "    return np.logaddexp(0.0, -beta * (np.asarray(r_w) - np.asarray(r_l)))\n"
 # Files of the checkout that the cheats below aim at, and one they try to create.
 AIMED_AT = ["kto_course/core.py", "kto_course/checks/l01_log_ratio.py", "README.md",
             f"solutions/{LESSON}.ipynb"]  # fmt: skip
@@ -51,11 +47,11 @@ CANARY = ROOT / "CHEATED_BY_A_LEARNER"
 
 # -- the cheats: {name: answer cell}. {root}: the grading course; {checkout}; {sentinel} ----------
 CHEATS = {
-    "no-op check": "checks.check_log_ratio = "
-    "lambda *a, **k: print('✓ log_ratio: all 4 checks passed.')\n"
+    "no-op check": "checks.check_dpo_loss = "
+    "lambda *a, **k: print('✓ dpo_loss: all 6 checks passed.')\n"
     + WRONG,
     "rebound checks": "import types\n"
-    "checks = types.SimpleNamespace(check_log_ratio=lambda *a, **k: None)\n"
+    "checks = types.SimpleNamespace(check_dpo_loss=lambda *a, **k: None)\n"
     + WRONG,
     "always-true np.allclose": "np.allclose = lambda *a, **k: True\n"
     "np.isclose = lambda *a, **k: True\n"
@@ -64,21 +60,22 @@ CHEATS = {
         "import kto_course.checks.base as _b, kto_course.checks.l01_log_ratio as _l\n"
         "_b.close = _l.close = lambda *a, **k: True\n" + WRONG
     ),
-    "patched core": "core.log_ratio = lambda a, b: 0.0 * np.asarray(a, dtype=float)\n" + WRONG,
+    "patched core": "core.dpo_loss = lambda w, lo, beta=0.1: 0.0 * np.asarray(w, dtype=float)\n"
+    + WRONG,
     "input transformer": (
         "get_ipython().input_transformers_cleanup.append(\n"
         "    lambda lines: ['pass\\n'] if any('check_' in l for l in lines) else lines)\n" + WRONG
     ),
     "expected via inspect.stack": (
         "import inspect\n"
-        "def log_ratio(logp_theta, logp_ref):\n"
+        "def dpo_loss(r_w, r_l, beta):\n"
         "    for frame in inspect.stack():\n"
         "        if 'expected' in frame.frame.f_locals:\n"
         "            return frame.frame.f_locals['expected']\n"
     ),
     "expected via sys._getframe": (
         "import sys\n"
-        "def log_ratio(logp_theta, logp_ref):\n"
+        "def dpo_loss(r_w, r_l, beta):\n"
         "    f = sys._getframe(1)\n"
         "    while f is not None and 'expected' not in f.f_locals:\n"
         "        f = f.f_back\n"
@@ -92,13 +89,13 @@ CHEATS = {
         "        text = open(path).read()\n"
         "        print(text)  # would put hidden tests into the feedback\n"
         "        for cell in json.loads(text)['cells']:\n"
-        "            if 'def log_ratio' in ''.join(cell['source']):\n"
+        "            if 'def dpo_loss' in ''.join(cell['source']):\n"
         "                ns = {'np': np}\n"
         "                exec(''.join(cell['source']), ns)\n"
-        "                return ns['log_ratio']\n"
+        "                return ns['dpo_loss']\n"
         "try:\n    _solution()\nexcept Exception:\n    pass\n"
-        "def log_ratio(logp_theta, logp_ref):\n"
-        "    return _solution()(logp_theta, logp_ref)\n"
+        "def dpo_loss(r_w, r_l, beta):\n"
+        "    return _solution()(r_w, r_l, beta)\n"
     ),
     "read the gradebook": (
         "import glob, sqlite3\n"
@@ -108,18 +105,18 @@ CHEATS = {
         "        con = sqlite3.connect(path)\n"
         "        print(con.execute('select source from source_cell').fetchall())\n"
         "try:\n    _peek()\nexcept Exception:\n    pass\n"
-        "def log_ratio(logp_theta, logp_ref):\n"
+        "def dpo_loss(r_w, r_l, beta):\n"
         "    _peek()\n"
-        "    return 0.0 * np.asarray(logp_theta, dtype=float)\n"
+        "    return 0.0 * np.asarray(r_w, dtype=float)\n"
     ),
     "write into the checkout": (
         "def _write():\n"
         "    open('{checkout}/kto_course/core.py', 'a').write('\\n# a learner was here\\n')\n"
         "    open('{canary}', 'w').write('cheated')\n"
         "try:\n    _write()\nexcept Exception:\n    pass\n"
-        "def log_ratio(logp_theta, logp_ref):\n"
+        "def dpo_loss(r_w, r_l, beta):\n"
         "    _write()\n"
-        "    return 0.0 * np.asarray(logp_theta, dtype=float)\n"
+        "    return 0.0 * np.asarray(r_w, dtype=float)\n"
     ),
     "delete outside the grading folder": (
         "import os, shutil\n"
@@ -127,20 +124,20 @@ CHEATS = {
         "    os.remove('{sentinel}')\n"
         "try:\n    _delete()\nexcept Exception:\n    pass\n"
         "try:\n    shutil.rmtree('{sentinel_dir}')\nexcept Exception:\n    pass\n"
-        "def log_ratio(logp_theta, logp_ref):\n"
+        "def dpo_loss(r_w, r_l, beta):\n"
         "    _delete()\n"
-        "    return 0.0 * np.asarray(logp_theta, dtype=float)\n"
+        "    return 0.0 * np.asarray(r_w, dtype=float)\n"
     ),
 }
 
-# -- the crashes: {name: (answer cell, words of log_ratio's message or None for full marks)} -----
+# -- the crashes: {name: (answer cell, words of dpo_loss's message or None for full marks)} ------
 CRASHES = {
     "raises": (
-        "def log_ratio(logp_theta, logp_ref):\n    raise ValueError('mine')\n",
+        "def dpo_loss(r_w, r_l, beta):\n    raise ValueError('mine')\n",
         "raised ValueError",
     ),
     "hang in a bare except": (
-        "def log_ratio(logp_theta, logp_ref):\n"
+        "def dpo_loss(r_w, r_l, beta):\n"
         "    while True:\n"
         "        try:\n"
         "            while True:\n"
@@ -150,22 +147,21 @@ CRASHES = {
         "never ends",
     ),
     "os._exit": (
-        "import os\ndef log_ratio(logp_theta, logp_ref):\n    os._exit(0)\n",
+        "import os\ndef dpo_loss(r_w, r_l, beta):\n    os._exit(0)\n",
         "ended its process",
     ),
     "SIGKILL of itself": (
-        "import os, signal\ndef log_ratio(logp_theta, logp_ref):\n"
+        "import os, signal\ndef dpo_loss(r_w, r_l, beta):\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n",
         "ended its process",
     ),
-    "SystemExit": ("def log_ratio(logp_theta, logp_ref):\n    raise SystemExit(0)\n", "SystemExit"),
+    "SystemExit": ("def dpo_loss(r_w, r_l, beta):\n    raise SystemExit(0)\n", "SystemExit"),
     "megabytes of print": (
-        "def log_ratio(logp_theta, logp_ref):\n    print('x' * 5_000_000)\n"
-        "    return np.asarray(logp_theta, dtype=float) - np.asarray(logp_ref, dtype=float)\n",
+        "def dpo_loss(r_w, r_l, beta):\n    print('x' * 5_000_000)\n" + RIGHT,
         None,
     ),
     "unbounded allocation": (
-        "def log_ratio(logp_theta, logp_ref):\n    return np.ones((10**7, 10**6))\n",
+        "def dpo_loss(r_w, r_l, beta):\n    return np.ones((10**7, 10**6))\n",
         "MemoryError",
     ),
 }

@@ -7,7 +7,7 @@
 - a failed check shows the course's message alone, not the checker's traceback;
 - no notebook in git carries outputs or execution counts;
 - `kto-course generate --check` passes on the committed tree;
-- every solution has valid nbgrader metadata, 3-5 autograded exercises, a written answer, and
+- every solution has valid nbgrader metadata, 2-5 autograded exercises, a written answer, and
   test cells that call the exercise's check (visible, then hidden).
 """
 
@@ -135,17 +135,17 @@ def test_a_failed_check_shows_its_message_alone(tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell(
-            "from kto_course import checks\n\ndef log_ratio(*args, **kwargs):\n    return 0.0"
+            "from kto_course import checks\n\ndef dpo_loss(*args, **kwargs):\n    return 0.0"
         ),
         nbformat.v4.new_code_cell(
-            "checks.check_log_ratio(log_ratio)", metadata={"tags": ["raises-exception"]}
+            "checks.check_dpo_loss(dpo_loss)", metadata={"tags": ["raises-exception"]}
         ),
         nbformat.v4.new_code_cell("1 / 0", metadata={"tags": ["raises-exception"]}),
         nbformat.v4.new_code_cell("print('reached the end')"),
     ]
     nb = _run(nb, tmp_path, allow_errors=False)
     (error,) = [o for o in nb.cells[1].outputs if o.output_type == "error"]
-    assert error.ename == "CheckFailed" and "log_ratio" in error.evalue
+    assert error.ename == "CheckFailed" and "dpo_loss" in error.evalue
     text = "\n".join(error.traceback)
     assert error.evalue in text and len(error.traceback) == 1, text
     for frame in ("kto_course/checks", "kto_course", "expected =", ".py", "Traceback"):
@@ -208,13 +208,13 @@ def test_solution_has_valid_nbgrader_metadata(name):
 
 
 @pytest.mark.parametrize("name", LESSONS)
-def test_solution_has_3_to_5_exercises_each_followed_by_its_test(name):
+def test_solution_has_2_to_5_exercises_each_followed_by_its_test(name):
     nb, cells = _cells(name)
     answers = [
         (i, m) for i, (c, m) in enumerate(cells) if m.get("solution") and c.cell_type == "code"
     ]
     tests = [(i, m) for i, (c, m) in enumerate(cells) if m.get("grade") and c.cell_type == "code"]
-    assert 3 <= len(tests) <= 5, f"{name}: {len(tests)} autograded exercises (want 3 to 5)"
+    assert 2 <= len(tests) <= 5, f"{name}: {len(tests)} autograded exercises (want 2 to 5)"
     assert len(answers) == len(tests), f"{name}: {len(answers)} answer cells, {len(tests)} tests"
     for (i, answer), (j, test) in zip(answers, tests, strict=True):
         exercise = answer["grade_id"].removeprefix("ex_")

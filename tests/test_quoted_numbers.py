@@ -435,10 +435,14 @@ CLAIMS = [
     Claim("05", "7.5", "150 000 clicks against 20 000 pairs", lambda: 150_000 / 20_000),
     Claim("05", "0.18", "the scenario's ratio lambda_D n_D / (lambda_U n_U) at weights 1",
           lambda: core.imbalance_ratio(22_500, 127_500)),
+    Claim("05", "15%", "the scenario's share of thumbs-up clicks (2 or 3 per microbatch of 16)",
+          lambda: 100 * 22_500 / 150_000),
     # Lesson 07
     Claim("07", "0.5", "the loss at r = 0 and z0 = 0, whatever the labels",
           lambda: core.kto_loss(np.zeros(16), 0.0, np.arange(16) % 3 == 0), near="Exactly 0.5"),
     # Lesson 06
+    Claim("06", "0.5", "the loss at r = 0 and z0 = 0 (step 0, and near delta = 0), any labels",
+          lambda: core.kto_loss(np.zeros(8), 0.0, np.arange(8) % 3 == 0)),
     Claim("06", "70%", "how often a pretraining adjective agrees with the rating",
           lambda: 100 * task.AGREE_P),
     Claim("06", "0.7", "the same, as a probability", lambda: task.AGREE_P, near="$0.7^2"),

@@ -25,13 +25,11 @@ from kto_course.checks.base import (
 )
 from kto_course.checks.l01_log_ratio import (
     check_dpo_loss,
-    check_log_ratio,
     check_moved_toward,
     check_sequence_logps,
 )
 from kto_course.checks.l02_kl_reference_point import (
     check_mismatched_indices,
-    check_mismatched_log_ratios,
     check_z0_estimate,
 )
 from kto_course.checks.l03_value_and_loss import (
@@ -46,7 +44,7 @@ from kto_course.checks.l04_gradients_and_saturation import (
     check_largest_updates,
 )
 from kto_course.checks.l05_kto_vs_dpo import (
-    check_batch_label_shares,
+    check_balanced_order,
     check_dpo_batch_loss,
     check_flip_labels,
     check_pairs_to_unpaired,
@@ -54,7 +52,7 @@ from kto_course.checks.l05_kto_vs_dpo import (
 from kto_course.checks.l06_tiny_gpt2_kto import (
     check_completion_logps,
     check_kto_microbatch_loss,
-    check_score_samples,
+    check_kto_step,
 )
 from kto_course.checks.l07_graduate_to_trl import (
     check_from_trl_logs,
@@ -75,12 +73,10 @@ __all__ = [
     "per_example",
     # lesson 01
     "check_sequence_logps",
-    "check_log_ratio",
-    "check_dpo_loss",
     "check_moved_toward",
+    "check_dpo_loss",
     # lesson 02
     "check_mismatched_indices",
-    "check_mismatched_log_ratios",
     "check_z0_estimate",
     # lesson 03
     "check_kto_losses",
@@ -93,13 +89,13 @@ __all__ = [
     "check_largest_updates",
     # lesson 05
     "check_pairs_to_unpaired",
-    "check_batch_label_shares",
+    "check_balanced_order",
     "check_dpo_batch_loss",
     "check_flip_labels",
     # lesson 06
     "check_completion_logps",
     "check_kto_microbatch_loss",
-    "check_score_samples",
+    "check_kto_step",
     # lesson 07
     "check_trl_kwargs",
     "check_from_trl_logs",

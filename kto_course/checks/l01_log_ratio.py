@@ -1,4 +1,4 @@
-"""Lesson 01, the log-ratio: checks of sequence log-probs, r, DPO's loss and "moved toward"."""
+"""Lesson 01, the log-ratio: checks of sequence log-probs, "moved toward" and DPO's loss."""
 
 from __future__ import annotations
 
@@ -100,48 +100,156 @@ def check_sequence_logps(sequence_logps, hidden: bool = False) -> None:
     passed(name, len(cases))
 
 
-def check_log_ratio(log_ratio, hidden: bool = False) -> None:
-    """Exercise 01.2: the implied reward r = log pi_theta(y|x) - log pi_ref(y|x) (paper Eq. 7)."""
-    name = "log_ratio"
-    rng = case_rng(LESSON, 2, hidden)
-    cases = []
-    for size in (5, 8):
-        logp_ref = -rng.uniform(2.0, 40.0, size)
-        logp_theta = np.minimum(logp_ref + rng.normal(0.0, 2.0, size), -0.1)
-        cases.append((logp_theta, logp_ref))
-    if hidden:
-        cases.append((np.float64(-3.0), np.float64(-5.5)))  # one example, as plain numbers
-        logp_ref = -rng.uniform(500.0, 2000.0, 6)  # long completions: large sums
-        cases.append((logp_ref + rng.normal(0.0, 5.0, 6), logp_ref))
-    for logp_theta, logp_ref in cases:
-        expected = np.asarray(core.log_ratio(logp_theta, logp_ref))
-        result = call_learner(log_ratio, np.copy(logp_theta), np.copy(logp_ref), name=name)
-        got = per_example(result, name, expected.shape)
-        if close(got, expected):
+def _per_prompt(values: np.ndarray, prompt_ids: np.ndarray, pick=np.argmax, within=False):
+    """For each distinct prompt in sorted order, the batch index (or, ``within``, the index
+    inside the prompt's group) of the completion that ``pick`` selects from ``values``."""
+    out = []
+    for prompt in np.unique(prompt_ids):
+        members = np.flatnonzero(prompt_ids == prompt)
+        k = int(pick(values[members]))
+        out.append(k if within else int(members[k]))
+    return np.array(out, dtype=np.float64)
+
+
+def _last_argmax(values: np.ndarray) -> int:
+    return len(values) - 1 - int(np.argmax(values[::-1]))
+
+
+def _moved_suspects(logp_theta, logp_ref, prompt_ids):
+    """(wrong answer, message) for each misconception of ``moved_toward``, most specific first."""
+    r = logp_theta - logp_ref
+    expected = _per_prompt(r, prompt_ids)
+    _, first_seen = np.unique(prompt_ids, return_index=True)
+    order = prompt_ids[np.sort(first_seen)]  # the prompts in the order they first appear
+    by_appearance = np.array([expected[np.searchsorted(np.unique(prompt_ids), p)] for p in order])
+    return [
+        (
+            _per_prompt(logp_theta, prompt_ids),
+            "for some prompt you picked the completion the policy finds most likely. The "
+            "question is which one it MOVED TOWARD relative to the reference: the largest r, "
+            "not the largest log pi_theta.",
+        ),
+        (
+            _per_prompt(logp_ref, prompt_ids),
+            "you picked the completion the reference finds most likely: compare the policy "
+            "with the reference through r = log pi_theta - log pi_ref.",
+        ),
+        (
+            _per_prompt(r, prompt_ids, np.argmin),
+            "you picked, for each prompt, the completion the policy moved AWAY from the most "
+            "(the smallest r).",
+        ),
+        (
+            _per_prompt(r, prompt_ids, within=True),
+            "your indices count from the start of each prompt's group of completions: return "
+            "positions in the whole batch (indices into logp_theta), not within a group.",
+        ),
+        (
+            np.full(expected.shape, float(np.argmax(r))),
+            "you returned the completion with the largest r of the WHOLE batch for every "
+            "prompt: compare each completion only with the other completions of its prompt.",
+        ),
+        (
+            by_appearance,
+            "the indices are listed in the order the prompts first appear in the batch: list "
+            "the prompts in increasing order of prompt id.",
+        ),
+        (
+            _per_prompt(r, prompt_ids, _last_argmax),
+            "where two completions of a prompt tie for the largest r, you picked the later "
+            "one: a tie goes to the first (the smaller batch index).",
+        ),
+        (expected + 1, "Python counts positions from 0: the first completion is index 0."),
+    ]
+
+
+def _moved_case(rng: np.random.Generator, sizes, ids=None, ties=False):
+    """A shuffled batch of completions of ``len(sizes)`` prompts: logp_theta, logp_ref and
+    prompt_ids. Redrawn until every misconception's answer differs from the right one and from
+    the others (where the case can tell them apart at all)."""
+    n_prompts = len(sizes)
+    while True:
+        if ids is None:
+            prompt_values = np.sort(rng.choice(40, n_prompts, replace=False))
+        else:
+            prompt_values = np.asarray(ids)
+        prompt_ids = rng.permutation(np.repeat(prompt_values, sizes))
+        if ties:  # whole-number log-probs: several completions of a prompt share the largest r
+            logp_ref = -rng.integers(5, 30, prompt_ids.size).astype(np.float64)
+            logp_theta = logp_ref + rng.integers(-2, 3, prompt_ids.size)
+        else:
+            logp_ref = -rng.uniform(5.0, 30.0, prompt_ids.size)
+            logp_theta = logp_ref + rng.normal(0.0, 3.0, prompt_ids.size)
+        r = logp_theta - logp_ref
+        expected = _per_prompt(r, prompt_ids)
+        wrong = [w for w, _ in _moved_suspects(logp_theta, logp_ref, prompt_ids)]
+        skip = {3, 4, 5} if n_prompts == 1 else set()  # one prompt: its group is the batch
+        if not ties:
+            skip.add(6)  # no tie: the first and the last largest r are one completion
+        wrong = [w for i, w in enumerate(wrong) if i not in skip]
+        distinct = [w for w in wrong if not np.array_equal(w, expected)]
+        if len(distinct) < len(wrong) or len({w.tobytes() for w in distinct}) < len(distinct):
             continue
-        with np.errstate(all="ignore"):
-            suspects = [
-                (
-                    -expected,
-                    "you computed log pi_ref - log pi_theta: r is policy minus reference, "
-                    "positive when the policy made y MORE likely than the reference did.",
-                ),
-                (
-                    np.abs(expected),
-                    "you took the absolute value: r keeps its sign, negative when the policy "
-                    "made y less likely than the reference did.",
-                ),
-                (
-                    np.asarray(logp_theta) / np.asarray(logp_ref),
-                    "you divided the log-probs: the log of a ratio is a DIFFERENCE of logs.",
-                ),
-                (
-                    np.exp(expected),
-                    "you returned the probability ratio pi_theta / pi_ref: r is its log.",
-                ),
-            ]
+        return logp_theta, logp_ref, prompt_ids
+
+
+def check_moved_toward(moved_toward, hidden: bool = False) -> None:
+    """Exercise 01.2: for each prompt of a batch, the completion the policy moved toward most:
+    its largest r, as a batch index."""
+    name = "moved_toward"
+    rng = case_rng(LESSON, 4, hidden)
+    if not hidden:
+        cases = [
+            _moved_case(rng, (3, 4), ids=(0, 1)),
+            _moved_case(rng, (2, 4, 3)),
+            _moved_case(rng, (5, 1, 3, 4)),
+        ]
+    else:
+        cases = [
+            _moved_case(rng, (4, 3, 5)),
+            _moved_case(rng, (6,)),  # one prompt only: the answer still has one entry
+            _moved_case(rng, (3, 3, 4), ties=True),
+            _moved_case(rng, (2, 1, 5, 3, 4, 2, 6, 3)),
+            _moved_case(rng, (12, 9, 15, 11), ids=(3, 104, 57_000, 2_000_000)),
+        ]
+    for logp_theta, logp_ref, prompt_ids in cases:
+        r = logp_theta - logp_ref
+        expected = _per_prompt(r, prompt_ids)
+        n_prompts = expected.size
+        result = call_learner(
+            moved_toward, logp_theta.copy(), logp_ref.copy(), prompt_ids.copy(), name=name
+        )
+        got = as_float_array(result, name)
+        if got.shape != expected.shape:
+            if got.ndim == 0 and got == np.argmax(r):
+                raise CheckFailed(
+                    f"{name} returned one index, the completion with the largest r of the "
+                    "whole batch: return one batch index per distinct prompt, comparing each "
+                    "completion only with the other completions of its prompt."
+                )
+            if got.shape == prompt_ids.shape and n_prompts != prompt_ids.size:
+                raise CheckFailed(
+                    f"{name} returned one value per completion (shape {got.shape}): return "
+                    f"one batch index per distinct prompt (here {n_prompts} prompts)."
+                )
+            raise CheckFailed(
+                f"{name} returned shape {got.shape} where ({n_prompts},) was expected: one "
+                "batch index per distinct prompt of the batch."
+            )
+        if np.array_equal(got, expected):
+            continue
+        if (got != np.round(got)).any():
+            raise CheckFailed(
+                f"{name} returned numbers that are not positions: return the batch INDEX of "
+                "each chosen completion (whole numbers from 0 to N-1), not its r."
+            )
         diagnose(
-            got, expected, suspects, "r should be log pi_theta(y|x) - log pi_ref(y|x).", name=name
+            got,
+            expected,
+            _moved_suspects(logp_theta, logp_ref, prompt_ids),
+            "for some prompt, that is not the batch index of its completion with the "
+            "largest r.",
+            name=name,
         )
     passed(name, len(cases))
 
@@ -223,62 +331,6 @@ def check_dpo_loss(dpo_loss, hidden: bool = False) -> None:
     passed(name, len(cases) + 1)
 
 
-def _moved_case(rng: np.random.Generator, k: int):
-    # Redraw until the right answer differs from every wrong one (and, for K > 3, the wrong ones
-    # from each other), so that each misconception gets its own message.
-    while True:
-        logp_ref = -rng.uniform(5.0, 30.0, k)
-        logp_theta = logp_ref + rng.normal(0.0, 3.0, k)
-        r = logp_theta - logp_ref
-        best = int(np.argmax(r))
-        wrong = [int(np.argmax(logp_theta)), int(np.argmax(logp_ref)), int(np.argmin(r))]
-        if best in wrong or (k > 3 and len(set(wrong + [best + 1])) < 4):
-            continue
-        return logp_theta, logp_ref
-
-
-def check_moved_toward(moved_toward, hidden: bool = False) -> None:
-    """Exercise 01.4: which completion did the policy move toward? The one with the largest r."""
-    name = "moved_toward"
-    rng = case_rng(LESSON, 4, hidden)
-    cases = [_moved_case(rng, k) for k in ((4, 5, 6) if not hidden else (4, 5, 7, 9, 12, 3))]
-    for logp_theta, logp_ref in cases:
-        r = np.asarray(core.log_ratio(logp_theta, logp_ref))
-        expected = float(np.argmax(r))
-        result = call_learner(moved_toward, logp_theta.copy(), logp_ref.copy(), name=name)
-        got = as_float_array(result, name, shape=())
-        if got == expected:
-            continue
-        if got != np.round(got):
-            raise CheckFailed(
-                f"{name} returned {float(got):.3g}, which is not a position: return the INDEX "
-                "of the completion (a whole number from 0 to K-1), e.g. with np.argmax."
-            )
-        suspects = [
-            (
-                np.argmax(logp_theta),
-                "you picked the completion the policy finds most likely. The question is which "
-                "one it MOVED TOWARD relative to the reference: the largest r, not the largest "
-                "log pi_theta.",
-            ),
-            (
-                np.argmax(logp_ref),
-                "you picked the completion the reference finds most likely: compare the policy "
-                "with the reference through r = log pi_theta - log pi_ref.",
-            ),
-            (
-                np.argmin(r),
-                "you picked the completion the policy moved AWAY from (the smallest r): take "
-                "the largest r.",
-            ),
-            (expected + 1, "Python counts positions from 0: the first completion is index 0."),
-        ]
-        diagnose(
-            got, expected, suspects, "that is not the completion with the largest r.", name=name
-        )
-    passed(name, len(cases))
-
-
 # The lesson's exercises, for the grader (kto_course/grading/verdicts.py): each one's check, its
 # answer twins (the package functions that compute its answer: unreachable while it is graded;
 # calling one fails the exercise with "you called the course's own ...") and the functions of
@@ -291,22 +343,17 @@ EXERCISES = {
         "allowed": (),
         "hint": "sum the token log-probs yourself, from token_logps and completion_mask.",
     },
-    "log_ratio": {
-        "check": check_log_ratio,
-        "twins": ("core.log_ratio",),
-        "allowed": (),
-        "hint": "write r from logp_theta and logp_ref.",
-    },
     "moved_toward": {
         "check": check_moved_toward,
-        "twins": (),
-        "allowed": ("core.log_ratio",),
-        "hint": "",
+        "twins": ("core.log_ratio",),
+        "allowed": (),
+        "hint": "compute r from logp_theta and logp_ref yourself.",
     },
     "dpo_loss": {
         "check": check_dpo_loss,
-        "twins": ("core.dpo_loss", "torch_ops.dpo_loss"),
-        "allowed": ("core.sigmoid", "core.log_sigmoid"),
-        "hint": "write the loss from r_w, r_l and beta with NumPy.",
+        # core.log_sigmoid is the stable form the exercise asks for: -log_sigmoid(beta * m).
+        "twins": ("core.dpo_loss", "torch_ops.dpo_loss", "core.log_sigmoid"),
+        "allowed": ("core.sigmoid",),
+        "hint": "write the stable loss from r_w, r_l and beta with NumPy.",
     },
 }

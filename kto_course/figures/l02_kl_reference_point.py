@@ -1,11 +1,13 @@
-"""Lesson 02, the KL reference point: how the microbatch z0 scatters; which pairs estimate it."""
+"""Lesson 02, the KL reference point: how the microbatch z0 scatters; which pairs estimate it;
+why not the labelled pairs."""
 
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.patches import Rectangle
 
 from kto_course import core
-from kto_course.figures.base import COLOR_POLICY, COLOR_REF, COLOR_U, new_figure
+from kto_course.figures.base import COLOR_D, COLOR_POLICY, COLOR_REF, COLOR_U, new_figure
 
 __all__ = [
     "Z0_RESAMPLES",
@@ -14,6 +16,8 @@ __all__ = [
     "PAIRINGS",
     "z0_spread",
     "mismatched_pairs",
+    "trained_batch",
+    "labelled_vs_mismatched",
 ]
 
 Z0_RESAMPLES = 2000  # simulated microbatches per histogram: enough for a smooth shape
@@ -148,3 +152,58 @@ def mismatched_pairs(batch_size: int = 5, method: str = PAIRINGS[0]):
             verdict = f"<b>0 of {batch_size}</b> prompts paired with their own completion"
         readout = f"batch size {batch_size}, {method}: {verdict}"
     return fig, readout
+
+
+def trained_batch(seed: int = 2, batch_size: int = 4):
+    """Lesson 02's toy microbatch after some training: the grid ``r[i, j] = r(x_i, y_j)`` and
+    the labels ``desirable`` (three of every four examples).
+
+    Off the diagonal the policy drifted a little (r ~ Normal(0.2, 0.3^2)); on it, training
+    pushed the labelled completions up to +3 (desirable) or down to -3 (undesirable).
+    """
+    if batch_size < 2:
+        raise ValueError("batch_size must be at least 2: a batch of 1 has no mismatched pair.")
+    rng = np.random.default_rng(seed)
+    desirable = np.arange(batch_size) % 4 != 3
+    r = rng.normal(0.2, 0.3, (batch_size, batch_size))
+    diagonal = np.arange(batch_size)
+    r[diagonal, diagonal] = np.where(desirable, 3.0, -3.0)
+    return r, desirable
+
+
+def labelled_vs_mismatched(seed: int = 2, batch_size: int = 4):
+    """Lesson 02: the toy batch's grid of r (``trained_batch``), its labelled pairs (the
+    diagonal) against TRL's mismatched pairs (circled), and the z0 each would give.
+
+    Returns ``(fig, summary)``, the summary as plain text.
+    """
+    r, desirable = trained_batch(seed, batch_size)
+    diagonal = np.arange(batch_size)
+    pick = core.mismatched_indices(batch_size)
+    z0_labelled = core.z0_estimate(np.diag(r))
+    z0_mismatched = core.z0_estimate(r[diagonal, pick])
+
+    fig, ax = new_figure(width=3.8, height=3.4)
+    limit = 2.0 * float(np.abs(r).max())  # pale colours: the numbers stay readable
+    ax.imshow(r, cmap="PiYG", vmin=-limit, vmax=limit)
+    for i in diagonal:
+        for j in diagonal:
+            ax.text(j, i, f"{r[i, j]:+.2f}", ha="center", va="center", fontsize=8)
+    for i, good in zip(diagonal, desirable, strict=True):  # the labelled pairs
+        color = COLOR_D if good else COLOR_U
+        ax.add_patch(Rectangle((i - 0.5, i - 0.5), 1.0, 1.0, fill=False, edgecolor=color,
+                               linewidth=2.5))  # fmt: skip
+    ax.scatter(pick, diagonal, s=900, facecolors="none", edgecolors=COLOR_POLICY, linewidths=1.5)
+    ax.set_xticks(diagonal, [f"y{j}" for j in diagonal], fontsize=8)
+    ax.set_yticks(diagonal, [f"x{i}" for i in diagonal], fontsize=8)
+    ax.set_xlabel("completion")
+    ax.set_ylabel("prompt")
+    ax.set_title("r(x_i, y_j) after some training", fontsize=9)
+
+    n_D = int(desirable.sum())
+    summary = (
+        f"labelled pairs (the framed diagonal, {n_D} desirable, {batch_size - n_D} "
+        f"undesirable): 'z0' = {z0_labelled:.3g}, biased by the labels\n"
+        f"mismatched pairs (circled, TRL's x_i -> y_(i-1)): z0 = {z0_mismatched:.3g}"
+    )
+    return fig, summary

@@ -270,7 +270,7 @@ def assert_notebook_structure(lesson: str, exercises: tuple[str, ...],
     assert len(set(cell_ids)) == len(cell_ids)
     ids = [grade_id(c) for c in cells]
     found = [i.removeprefix("ex_") for i in ids if i.startswith("ex_")]
-    assert tuple(found) == tuple(exercises) and 3 <= len(found) <= 5
+    assert tuple(found) == tuple(exercises) and 2 <= len(found) <= 5
     for name in exercises:
         at = ids.index(f"ex_{name}")
         assert "### BEGIN SOLUTION" in cells[at].source

@@ -16,19 +16,23 @@ from shared import (
 from kto_course import checks, core, demos, figures
 
 LESSON = "01_log_ratio"
-EXERCISES = ("sequence_logps", "log_ratio", "moved_toward", "dpo_loss")
+EXERCISES = ("sequence_logps", "moved_toward", "dpo_loss")
 # What the notebook's first code cell imports; planted bugs and solutions run in this namespace.
 NAMESPACE = {"np": np, "core": core}
 
 
-def _moved_toward(logp_theta, logp_ref):
-    return int(np.argmax(core.log_ratio(logp_theta, logp_ref)))
+def _moved_toward(logp_theta, logp_ref, prompt_ids, pick=np.argmax):
+    r = core.log_ratio(logp_theta, logp_ref)
+    best = []
+    for prompt in np.unique(prompt_ids):
+        members = np.flatnonzero(prompt_ids == prompt)
+        best.append(members[pick(r[members])])
+    return np.array(best)
 
 
 # Each exercise's reference answer, built from core.
 REFERENCES = {
     "sequence_logps": core.sequence_logps,
-    "log_ratio": core.log_ratio,
     "moved_toward": _moved_toward,
     "dpo_loss": core.dpo_loss,
 }
@@ -44,6 +48,16 @@ class TestExercises(ExerciseTests):
 # ---------------------------------------------------------------------------------------------
 
 
+def _last_argmax(values):
+    return len(values) - 1 - np.argmax(values[::-1])
+
+
+def _by_appearance(logp_theta, logp_ref, prompt_ids):
+    r = logp_theta - logp_ref
+    order = dict.fromkeys(prompt_ids.tolist())  # the prompts as they first appear
+    return np.array([np.flatnonzero(prompt_ids == p)[np.argmax(r[prompt_ids == p])] for p in order])
+
+
 def _padding_included(token_logps, completion_mask):
     started = np.cumsum(completion_mask, axis=-1) > 0
     return np.where(started, token_logps, 0.0).sum(-1)
@@ -55,8 +69,6 @@ MISCONCEPTIONS = [
     ("sequence_logps", lambda t, m: np.asarray(t).mean(-1), "averaged token log-probs", True),
     ("sequence_logps", lambda t, m: np.exp(core.sequence_logps(t, m)), "probability", True),
     ("sequence_logps", lambda t, m: core.sequence_logps(t, m).sum(), "single number", True),
-    ("log_ratio", lambda a, b: np.abs(core.log_ratio(a, b)), "absolute value", True),
-    ("log_ratio", lambda a, b: np.exp(core.log_ratio(a, b)), "probability ratio", True),
     ("dpo_loss", lambda w, lo, beta: core.log_sigmoid(beta * (w - lo)), "negative", True),
     ("dpo_loss", lambda w, lo, beta: beta * core.dpo_loss(w, lo, 1.0), "inside the sigmoid", True),
     ("dpo_loss", lambda w, lo, beta: core.sigmoid(beta * (lo - w)), "left out the log", True),
@@ -67,9 +79,21 @@ MISCONCEPTIONS = [
         True,
     ),
     ("dpo_loss", lambda w, lo, beta: core.dpo_loss(w, lo, beta).mean(), "single number", True),
-    ("moved_toward", lambda t, r: int(np.argmax(r)), "reference finds most likely", True),
-    ("moved_toward", lambda t, r: _moved_toward(t, r) + 1, "from 0", True),
-    ("moved_toward", lambda t, r: float(np.max(core.log_ratio(t, r))), "not a position", True),
+    ("moved_toward", lambda t, r, p: _moved_toward(r, 0.0 * r, p), "reference finds most likely",
+     True),  # fmt: skip
+    ("moved_toward", lambda t, r, p: _moved_toward(t, r, p) + 1, "from 0", True),
+    ("moved_toward", _by_appearance, "first appear", True),
+    ("moved_toward", lambda t, r, p: np.full(len(np.unique(p)), np.argmax(t - r)),
+     "WHOLE batch", True),  # fmt: skip
+    ("moved_toward", lambda t, r, p: t - r, "one value per completion", True),
+    ("moved_toward", lambda t, r, p: _moved_toward(t, r, p, _last_argmax), "tie goes to the first",
+     False),  # fmt: skip
+    (
+        "moved_toward",
+        lambda t, r, p: np.array([np.max((t - r)[p == q]) for q in np.unique(p)]),
+        "not positions",
+        True,
+    ),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -19,21 +20,25 @@ from shared import (
 from kto_course import checks, core, demos, figures
 
 LESSON = "02_kl_reference_point"
-EXERCISES = ("mismatched_indices", "mismatched_log_ratios", "z0_estimate")
+EXERCISES = ("mismatched_indices", "z0_estimate")
 # What the notebook's first code cell imports; planted bugs and solutions run in this namespace.
 NAMESPACE = {"np": np, "core": core}
 
 
-def _mismatched_log_ratios(logp_theta, logp_ref):
-    rows, idx = np.arange(len(logp_theta)), core.mismatched_indices(len(logp_theta))
+def _mismatched_r(logp_theta, logp_ref, convention="trl"):
+    rows = np.arange(len(logp_theta))
+    idx = core.mismatched_indices(len(logp_theta), convention=convention)
     return core.log_ratio(logp_theta[rows, idx], logp_ref[rows, idx])
+
+
+def _z0_estimate(logp_theta, logp_ref):
+    return core.z0_estimate(_mismatched_r(logp_theta, logp_ref))
 
 
 # Each exercise's reference answer, built from core.
 REFERENCES = {
     "mismatched_indices": core.mismatched_indices,
-    "mismatched_log_ratios": _mismatched_log_ratios,
-    "z0_estimate": core.z0_estimate,
+    "z0_estimate": _z0_estimate,
 }
 
 
@@ -47,10 +52,10 @@ class TestExercises(ExerciseTests):
 # ---------------------------------------------------------------------------------------------
 
 
-def _halos_log_ratios(logp_theta, logp_ref):
-    rows = np.arange(len(logp_theta))
-    idx = core.mismatched_indices(len(logp_theta), convention="halos")
-    return logp_theta[rows, idx] - logp_ref[rows, idx]
+def _transposed_z0(logp_theta, logp_ref):
+    """Rows read as completions and columns as prompts: logp[idx[i], i]."""
+    rows, idx = np.arange(len(logp_theta)), core.mismatched_indices(len(logp_theta))
+    return core.z0_estimate(logp_theta[idx, rows] - logp_ref[idx, rows])
 
 
 def _raises_type_error_for_one(batch_size):
@@ -80,24 +85,16 @@ MISCONCEPTIONS = [
     ("mismatched_indices", _raises_type_error_for_one, "raise a ValueError instead", True),
     ("mismatched_indices", _refuses_only_one, "mismatched_indices(0) returned", False),
     ("mismatched_indices", _reuses_a_completion, "share one completion", True),
-    ("mismatched_log_ratios", _halos_log_ratios, "shifted the other way", True),
-    ("mismatched_log_ratios", lambda t, r: -_mismatched_log_ratios(t, r), "policy minus", True),
-    (
-        "mismatched_log_ratios",
-        lambda t, r: t[np.arange(len(t)), core.mismatched_indices(len(t))],
-        "subtracts the reference",
-        True,
-    ),
-    (
-        "mismatched_log_ratios",
-        lambda t, r: _mismatched_log_ratios(t, r).mean(),
-        "single number",
-        True,
-    ),
-    ("z0_estimate", lambda r: abs(float(np.mean(r))), "absolute value", True),
-    ("z0_estimate", lambda r: float(np.sum(r)), "instead of averaging", True),
-    ("z0_estimate", lambda r: max(0.0, float(np.mean(r[1:]))), "should be the reference point",
+    ("z0_estimate", _transposed_z0, "rows and columns swapped", True),
+    ("z0_estimate", lambda t, r: abs(float(_mismatched_r(t, r).mean())), "flipped instead", True),
+    ("z0_estimate", lambda t, r: max(0.0, float(_mismatched_r(t, r).sum())), "instead of averaging",
      True),  # fmt: skip
+    ("z0_estimate", lambda t, r: max(0.0, float((t - r).mean())), "whole grid", True),
+    ("z0_estimate", lambda t, r: -float(_mismatched_r(t, r).mean()), "policy minus reference",
+     True),  # fmt: skip
+    ("z0_estimate", lambda t, r: _mismatched_r(t, r), "ONE number", True),
+    ("z0_estimate", lambda t, r: max(0.0, float(np.median(_mismatched_r(t, r)))),
+     "should be the reference point", True),  # fmt: skip
 ]
 
 
@@ -189,6 +186,20 @@ def test_pairs_demo_reversal_fails_on_odd_sizes():
     controls["method"].value = figures.PAIRINGS[0]
     controls["batch_size"].value = 1
     assert "no mismatched pair" in demo.readout.value
+
+
+def test_toy_batch_figure_shows_the_labelled_pairs_bias():
+    """Section 3's toy batch: the labelled pairs' "z0" against the exercise's z0 on its grid."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig, summary = figures.labelled_vs_mismatched()
+        assert figures.png_bytes(fig).startswith(b"\x89PNG")
+    r, desirable = figures.trained_batch()
+    assert desirable.tolist() == [True, True, True, False]
+    logp_ref = -np.random.default_rng(0).uniform(10.0, 40.0, r.shape)
+    z0 = number(summary, "z0")
+    assert z0 == pytest.approx(_z0_estimate(logp_ref + r, logp_ref), abs=1e-3)
+    assert number(summary, "'z0'") == pytest.approx(1.5) and z0 < 0.5
 
 
 SWEEPS = {"z0_spread": figures.z0_spread, "mismatched_pairs": figures.mismatched_pairs}

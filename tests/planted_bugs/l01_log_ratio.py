@@ -27,20 +27,6 @@ BUGS = [
         "mask inverted",
     ),
     PlantedBug(
-        "log_ratio",
-        "def log_ratio(logp_theta, logp_ref):\n"
-        "    return np.asarray(logp_ref) - np.asarray(logp_theta)\n",
-        "policy minus reference",
-        "sign reversed",
-    ),
-    PlantedBug(
-        "log_ratio",
-        "def log_ratio(logp_theta, logp_ref):\n"
-        "    return np.asarray(logp_theta) / np.asarray(logp_ref)\n",
-        "difference of logs",
-        "ratio of the log-probs instead of the log of the ratio",
-    ),
-    PlantedBug(
         "dpo_loss",
         "def dpo_loss(r_w, r_l, beta):\n"
         "    margin = np.asarray(r_w) - np.asarray(r_l)\n"
@@ -51,29 +37,56 @@ BUGS = [
     PlantedBug(
         "dpo_loss",
         "def dpo_loss(r_w, r_l, beta):\n"
-        "    return -core.log_sigmoid(beta * (np.asarray(r_l) - np.asarray(r_w)))\n",
+        "    return np.logaddexp(0.0, -beta * (np.asarray(r_l) - np.asarray(r_w)))\n",
         "swapped the preferred and rejected",
         "margin r_l - r_w",
     ),
     PlantedBug(
         "dpo_loss",
         "def dpo_loss(r_w, r_l, beta):\n"
-        "    return -core.log_sigmoid(np.asarray(r_w) - np.asarray(r_l))\n",
+        "    return np.logaddexp(0.0, -(np.asarray(r_w) - np.asarray(r_l)))\n",
         "beta is missing",
         "forgot beta",
     ),
     PlantedBug(
         "moved_toward",
-        "def moved_toward(logp_theta, logp_ref):\n"
-        "    return int(np.argmax(logp_theta))\n",
-        "moved toward",
+        "def moved_toward(logp_theta, logp_ref, prompt_ids):\n"
+        "    prompt_ids = np.asarray(prompt_ids)\n"
+        "    best = []\n"
+        "    for p in np.unique(prompt_ids):\n"
+        "        members = np.flatnonzero(prompt_ids == p)\n"
+        "        best.append(members[np.argmax(np.asarray(logp_theta)[members])])\n"
+        "    return np.array(best)\n",
+        "the policy finds most likely",
         "the policy's most likely completion taken for the one it moved toward",
     ),
     PlantedBug(
         "moved_toward",
-        "def moved_toward(logp_theta, logp_ref):\n"
-        "    return int(np.argmin(np.asarray(logp_theta) - np.asarray(logp_ref)))\n",
-        "moved away",
+        "def moved_toward(logp_theta, logp_ref, prompt_ids):\n"
+        "    r = np.asarray(logp_theta) - np.asarray(logp_ref)\n"
+        "    prompt_ids = np.asarray(prompt_ids)\n"
+        "    return np.array([np.argmax(r[prompt_ids == p]) for p in np.unique(prompt_ids)])\n",
+        "count from the start of each prompt's group",
+        "an index within the prompt's group, not in the batch",
+    ),
+    PlantedBug(
+        "moved_toward",
+        "def moved_toward(logp_theta, logp_ref, prompt_ids):\n"
+        "    r = np.asarray(logp_theta) - np.asarray(logp_ref)\n"
+        "    prompt_ids = np.asarray(prompt_ids)\n"
+        "    best = []\n"
+        "    for p in np.unique(prompt_ids):\n"
+        "        members = np.flatnonzero(prompt_ids == p)\n"
+        "        best.append(members[np.argmin(r[members])])\n"
+        "    return np.array(best)\n",
+        "moved AWAY from the most",
         "smallest r",
+    ),
+    PlantedBug(
+        "moved_toward",
+        "def moved_toward(logp_theta, logp_ref, prompt_ids):\n"
+        "    return int(np.argmax(np.asarray(logp_theta) - np.asarray(logp_ref)))\n",
+        "of the whole batch",
+        "one global argmax instead of one per prompt",
     ),
 ]

@@ -47,40 +47,55 @@ BUGS = [
         "shift without the modulo: index -1",
     ),
     PlantedBug(
-        "mismatched_log_ratios",
-        "def mismatched_log_ratios(logp_theta, logp_ref):\n"
-        "    return np.diag(logp_theta) - np.diag(logp_ref)\n",
-        "an example is paired with its own completion",
+        "z0_estimate",
+        "def z0_estimate(logp_theta, logp_ref):\n"
+        "    return max(0.0, float(np.mean(np.diag(logp_theta) - np.diag(logp_ref))))\n",
+        "you used the diagonal",
         "the labelled (matched) pairs on the diagonal",
     ),
     PlantedBug(
-        "mismatched_log_ratios",
-        "def mismatched_log_ratios(logp_theta, logp_ref):\n"
-        "    idx = core.mismatched_indices(len(logp_theta))\n"
+        "z0_estimate",
+        "def z0_estimate(logp_theta, logp_ref):\n"
         "    rows = np.arange(len(logp_theta))\n"
-        "    return logp_theta[idx, rows] - logp_ref[idx, rows]\n",
-        "rows are prompts",
-        "matrix indexed [completion, prompt]",
+        "    idx = np.roll(rows, -1)\n"
+        "    return max(0.0, float(np.mean(logp_theta[rows, idx] - logp_ref[rows, idx])))\n",
+        "x_i -> y_(i+1)",
+        "HALOs' shift direction instead of TRL's",
     ),
     PlantedBug(
         "z0_estimate",
-        "def z0_estimate(mismatched_r):\n"
-        "    return float(np.mean(mismatched_r))\n",
+        "def z0_estimate(logp_theta, logp_ref):\n"
+        "    rows = np.arange(len(logp_theta))\n"
+        "    idx = core.mismatched_indices(len(logp_theta))\n"
+        "    return float(np.mean(logp_theta[rows, idx] - logp_ref[rows, idx]))\n",
         "your z0 is negative: clamp at 0",
         "no clamp",
     ),
     PlantedBug(
         "z0_estimate",
-        "def z0_estimate(mismatched_r):\n"
-        "    return float(np.mean(np.maximum(mismatched_r, 0.0)))\n",
-        "clamped each example before averaging",
+        "def z0_estimate(logp_theta, logp_ref):\n"
+        "    rows = np.arange(len(logp_theta))\n"
+        "    idx = core.mismatched_indices(len(logp_theta))\n"
+        "    r = logp_theta[rows, idx] - logp_ref[rows, idx]\n"
+        "    return float(np.mean(np.maximum(r, 0.0)))\n",
+        "clamped each pair before averaging",
         "clamp inside the mean",
     ),
     PlantedBug(
         "z0_estimate",
-        "def z0_estimate(mismatched_r):\n"
-        "    return max(0.0, float(np.sum(mismatched_r)))\n",
-        "instead of averaging",
-        "sum instead of mean",
+        "def z0_estimate(logp_theta, logp_ref):\n"
+        "    r = np.asarray(logp_theta) - np.asarray(logp_ref)\n"
+        "    return max(0.0, float(r[~np.eye(len(r), dtype=bool)].mean()))\n",
+        "every off-diagonal cell",
+        "all the mismatched cells of the grid, not the B pairs a trainer scores",
+    ),
+    PlantedBug(
+        "z0_estimate",
+        "def z0_estimate(logp_theta, logp_ref):\n"
+        "    rows = np.arange(len(logp_theta))\n"
+        "    idx = core.mismatched_indices(len(logp_theta))\n"
+        "    return max(0.0, float(np.mean(logp_ref[rows, idx] - logp_theta[rows, idx])))\n",
+        "log pi_ref - log pi_theta",
+        "policy and reference swapped",
     ),
 ]
