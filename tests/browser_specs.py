@@ -175,7 +175,7 @@ LESSONS: dict[str, tuple[Demo, ...]] = {
                 "reduce",
                 "mean",
                 number("r", DECREASES),
-                PLOT_CHANGES,
+                # The bars are the token log-probs: the reduction changes the readout, not them.
                 why="with the mean the long completion's r drops to 0.49",
             ),
             step(
