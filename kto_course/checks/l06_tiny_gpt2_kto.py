@@ -272,11 +272,10 @@ def _shipped():
 
 
 def _seq_logps(model, batch):
-    from kto_course import torch_ops
+    """The trainer's sequence log-probs (imported here: the checks load without torch)."""
+    from kto_course.train import sequence_logps_of
 
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return torch_ops.sequence_logps_from_logits(logits, batch["input_ids"],
-                                                batch["completion_mask"])  # fmt: skip
+    return sequence_logps_of(model, batch)
 
 
 def _rows(rng, batch: int, n_desirable: int):
