@@ -14,7 +14,7 @@ def z0_spread() -> widgets.VBox:
     """Lesson 02: the spread of the microbatch z0 estimate against the batch size; the clamp."""
     controls = {
         "batch_size": slider("batch size", 8, 2, 128),
-        "true_mean": slider("true mean of r'", 0.3, -1.0, 2.0, 0.05),
+        "true_mean": slider("true mean of r'", 0.3, *figures.TRUE_MEAN_RANGE, 0.05),
         "spread": slider("spread of r'", 1.0, 0.2, 4.0, 0.1),
         "clamp": widgets.ToggleButtons(options=list(figures.Z0_CLAMP), value=figures.Z0_CLAMP[0]),
     }

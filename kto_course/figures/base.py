@@ -11,6 +11,7 @@ import contextvars
 import io
 
 import numpy as np
+from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import AutoLocator, NullLocator, ScalarFormatter
 
@@ -21,6 +22,7 @@ __all__ = [
     "COLOR_REF",
     "LABELS",
     "new_figure",
+    "bars",
     "drawing_on",
     "frame_artists",
     "png_bytes",
@@ -89,6 +91,30 @@ def _empty(ax) -> None:
     ax.relim()  # no data yet: the next frame's artists set the limits
     ax.set_autoscale_on(True)
     ax.set_prop_cycle(None)
+
+
+def bars(ax, x, height, width=0.8, *, bottom=0.0, align="center", color=COLOR_POLICY,
+         edgecolor="none", linewidth=0.0, alpha=None, label=None) -> PolyCollection:
+    """``ax.bar`` as ONE artist (a PolyCollection) instead of a Rectangle per bar.
+
+    A live demo's frame builds and draws it several times faster (lessons 01, 04, 05 and 06
+    redraw 20-40 bars per frame). ``color``, ``edgecolor`` and ``linewidth`` take one value or
+    one per bar, as ``ax.bar`` does.
+    """
+    x, height, width, bottom = np.broadcast_arrays(
+        *(np.asarray(v, dtype=float) for v in (x, height, width, bottom))
+    )
+    left = x - width / 2 if align == "center" else x
+    right, top = left + width, bottom + height
+    corners = [(left, bottom), (left, top), (right, top), (right, bottom)]
+    verts = np.stack([np.stack(corner, axis=-1) for corner in corners], axis=1)
+    collection = PolyCollection(verts, facecolors=color, edgecolors=edgecolor,
+                                linewidths=linewidth, alpha=alpha, label=label)  # fmt: skip
+    # Like ax.bar: the bars' feet stick to the axis (no margin below a bar chart's 0).
+    collection.sticky_edges.y.extend(np.unique(bottom).tolist())
+    ax.add_collection(collection)
+    ax.autoscale_view()
+    return collection
 
 
 def frame_artists(ax) -> list:

@@ -6,7 +6,7 @@ import numpy as np
 from matplotlib.colors import to_rgb
 
 from kto_course import core
-from kto_course.figures.base import COLOR_POLICY, COLOR_REF, new_figure
+from kto_course.figures.base import COLOR_POLICY, COLOR_REF, bars, new_figure
 
 __all__ = [
     "TOKEN_REDUCTIONS",
@@ -79,7 +79,7 @@ def token_logprobs(completion: str = "short", reduce: str = "sum", tokens: str =
         (0.2, logp_ref, COLOR_REF, "reference  log pi_ref"),
     ):
         rgba = np.hstack([np.tile(to_rgb(color), (width, 1)), alpha])  # faded = left out
-        ax.bar(position + shift, values, 0.4, color=rgba, label=label)
+        bars(ax, position + shift, values, 0.4, color=rgba, label=label)
     ax.set_xticks(position, labels, rotation=45, ha="right", fontsize=8)
     ax.set_ylim(-10, 0)
     ax.set_ylabel("token log-prob")

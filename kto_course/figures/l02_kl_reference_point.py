@@ -13,6 +13,7 @@ __all__ = [
     "Z0_RESAMPLES",
     "Z0_BATCH_SIZES",
     "Z0_CLAMP",
+    "TRUE_MEAN_RANGE",
     "PAIRINGS",
     "z0_spread",
     "mismatched_pairs",
@@ -23,6 +24,8 @@ __all__ = [
 Z0_RESAMPLES = 2000  # simulated microbatches per histogram: enough for a smooth shape
 Z0_BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128)
 Z0_CLAMP = ("clamp at 0", "raw mean")
+Z0_BINS = 80  # histogram bins across the x-range
+TRUE_MEAN_RANGE = (-1.0, 2.0)  # the demo's slider for the true mean of r'
 
 
 # One fixed set of standard-normal draws (2 MB, drawn at import): moving a slider changes the
@@ -59,16 +62,28 @@ def z0_spread(batch_size: int = 8, true_mean: float = 0.3, spread: float = 1.0, 
     sd = float(estimates.std())
 
     fig, (ax_hist, ax_sd) = new_figure(ncols=2)
-    # The x-range depends on the spread only (widest at B = 2), so moving the batch-size
-    # slider shows the histogram narrowing instead of the axis rescaling.
+    # Fixed axes while only the true mean or the clamp moves: the x-range depends on the spread
+    # alone (widest at B = 2, for any true mean of the slider), the height on the spread and B
+    # (a bin's share is at most its width times the peak density of Normal(mean, sd / sqrt(B))).
+    # A live frame then redraws only the histogram (demos.base.DemoCanvas).
     half = 4.0 * spread / np.sqrt(2.0)
-    lo, hi = min(true_mean - half, -0.5), max(true_mean + half, 0.5)
-    # np.histogram + stairs: one artist instead of 60 bars, a third of the drawing time.
-    counts, edges = np.histogram(np.clip(estimates, lo, hi), bins=np.linspace(lo, hi, 61))
-    ax_hist.stairs(counts, edges, fill=True, color=COLOR_POLICY)
+    lo, hi = min(TRUE_MEAN_RANGE[0] - half, -0.5), max(TRUE_MEAN_RANGE[1] + half, 0.5)
+    lo, hi = min(lo, true_mean - half), max(hi, true_mean + half)  # a mean off the slider
+    edges = np.linspace(lo, hi, Z0_BINS + 1)
+    top = min(Z0_RESAMPLES, 1.25 * Z0_RESAMPLES * (edges[1] - edges[0])
+              / (spread / np.sqrt(batch_size) * np.sqrt(2 * np.pi)))  # fmt: skip
+    # np.histogram + stairs: one artist instead of 80 bars, a third of the drawing time.
+    counts, _ = np.histogram(np.clip(estimates, lo, hi), bins=edges)
+    ax_hist.stairs(np.minimum(counts, top), edges, fill=True, color=COLOR_POLICY)
+    if counts.max() > top:  # the clamped microbatches, all in the bin at 0: taller than the axes
+        # Left of 0, where a clamped histogram has nothing.
+        ax_hist.annotate(f"↑ {counts.max() / Z0_RESAMPLES:.0%} at 0", (0.0, top),
+                         xytext=(-4, -12), textcoords="offset points", ha="right",
+                         fontsize=8)  # fmt: skip
     ax_hist.axvline(true_mean, color="black", linestyle="--", linewidth=1, label="true mean of r'")
     ax_hist.axvline(0.0, color=COLOR_U, linewidth=1, label="0 (the clamp)")
     ax_hist.set_xlim(lo, hi)
+    ax_hist.set_ylim(0, top)
     ax_hist.set_xlabel(f"z0 estimate, batch size {batch_size}")
     ax_hist.set_ylabel(f"microbatches (of {Z0_RESAMPLES})")
     ax_hist.legend(fontsize=7, loc="upper right")
@@ -83,7 +98,7 @@ def z0_spread(batch_size: int = 8, true_mean: float = 0.3, spread: float = 1.0, 
     ax_sd.set_ylim(0, 1.05 * spread / np.sqrt(2.0))
     ax_sd.set_xlabel("batch size B")
     ax_sd.set_ylabel("sd of the z0 estimate")
-    ax_sd.legend(fontsize=7)
+    ax_sd.legend(fontsize=7, loc="upper right")
 
     if clamped:
         clamp_text = f"{share_below:.0%} of microbatches clamped to 0"

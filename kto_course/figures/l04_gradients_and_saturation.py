@@ -10,6 +10,7 @@ from kto_course.figures.base import (
     COLOR_D,
     COLOR_U,
     LABELS,
+    bars,
     beta_shades,
     fmt,
     mark_z0,
@@ -155,11 +156,10 @@ def gradient_batch_figure(beta: float = 0.1, z0: float = 2.0, r_hard: float = -3
     ax_curve.legend(fontsize=7, loc="upper left")
     order = np.argsort(-g, kind="stable")
     share = g[order] / g.sum() if g.sum() > 0 else np.zeros_like(g)
-    colors = [COLOR_D if d[i] else COLOR_U for i in order]
-    bars = ax_share.bar(np.arange(1, len(g) + 1), 100 * np.cumsum(share), color=colors)
-    hard_pos = int(np.flatnonzero(order == len(g) - 1)[0])
-    bars[hard_pos].set_edgecolor("black")
-    bars[hard_pos].set_linewidth(1.5)
+    hard = order == len(g) - 1  # the hard example's bar is framed
+    bars(ax_share, np.arange(1, len(g) + 1), 100 * np.cumsum(share),
+         color=np.where(d[order], COLOR_D, COLOR_U), edgecolor=np.where(hard, "black", "none"),
+         linewidth=np.where(hard, 1.5, 0.0))  # fmt: skip
     for level in (50, 80):
         ax_share.axhline(level, color="0.6", lw=0.8, ls=":")
     ax_share.set_xlim(0.4, len(g) + 0.6)

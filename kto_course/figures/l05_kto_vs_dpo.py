@@ -6,7 +6,7 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 
 from kto_course import core
-from kto_course.figures.base import COLOR_D, COLOR_REF, COLOR_U, new_figure, readout_html
+from kto_course.figures.base import COLOR_D, COLOR_REF, COLOR_U, bars, new_figure, readout_html
 
 __all__ = [
     "COLOR_DPO",
@@ -122,10 +122,10 @@ def batch_order(order: str = BATCH_ORDERS[0], batch_size: int = 8, seed: int = 0
     # stay put whatever the batch size, so a live frame redraws only the bars.
     starts = np.arange(0, len(labels), batch_size)
     widths = np.minimum(batch_size, len(labels) - starts)
-    ax_share.bar(starts - 0.5, shares, widths, align="edge", color=COLOR_D, edgecolor="black",
-                 linewidth=0.5)
-    ax_share.bar(starts - 0.5, 1 - shares, widths, bottom=shares, align="edge", color=COLOR_U,
-                 edgecolor="black", linewidth=0.5)
+    bars(ax_share, starts - 0.5, shares, widths, align="edge", color=COLOR_D, edgecolor="black",
+         linewidth=0.5)
+    bars(ax_share, starts - 0.5, 1 - shares, widths, bottom=shares, align="edge", color=COLOR_U,
+         edgecolor="black", linewidth=0.5)
     ax_share.set_xlim(-0.5, len(labels) - 0.5)
     ax_share.set_xlabel("rows, one bar per microbatch")
     ax_share.set_ylabel("share of desirable rows")

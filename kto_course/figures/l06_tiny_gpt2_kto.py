@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kto_course.figures.base import COLOR_D, COLOR_U, new_figure, readout_html
+from kto_course.figures.base import COLOR_D, COLOR_U, bars, new_figure, readout_html
 
 __all__ = [
     "four_logps",
@@ -118,6 +118,10 @@ def training_curves(history: list[dict], evals: list[dict], smooth: int = 10):
     return fig, readout_html(*parts) or "no steps yet"
 
 
+# The heights the adjective chart's probability axis snaps to.
+Y_TOPS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
+
+
 def adjective_bars(words, p_reference, p_policy, wanted_positive: bool, n_positive: int):
     """Lesson 06: P(first adjective) under the reference and the policy, side by side.
 
@@ -130,10 +134,14 @@ def adjective_bars(words, p_reference, p_policy, wanted_positive: bool, n_positi
     fig, ax = new_figure(1, width=7.5, height=3.0)
     x = np.arange(len(words))
     agrees = (x < n_positive) if wanted_positive else (x >= n_positive)
-    ax.bar(x - 0.2, p_reference, width=0.4, color="0.65", label="reference")
-    ax.bar(x + 0.2, p_policy, width=0.4, color=np.where(agrees, COLOR_D, COLOR_U),
-           label="policy (green: agrees with the rating)")  # fmt: skip
+    bars(ax, x - 0.2, p_reference, width=0.4, color="0.65", label="reference")
+    bars(ax, x + 0.2, p_policy, width=0.4, color=np.where(agrees, COLOR_D, COLOR_U),
+         label="policy (green: agrees with the rating)")  # fmt: skip
     ax.set_xticks(x, list(words), rotation=60, fontsize=7)
+    # The height snaps to a few fixed tops instead of following the tallest bar: most control
+    # changes then keep the axes, and a live frame redraws only the bars (demos.base).
+    tallest = 1.05 * max(p_reference.max(), p_policy.max())
+    ax.set_ylim(0, next((top for top in Y_TOPS if top >= tallest), 1.0))
     ax.set(ylabel="probability", title="first adjective after ' it was'")
     ax.legend(fontsize=7)
 
