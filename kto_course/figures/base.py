@@ -113,7 +113,7 @@ def bars(ax, x, height, width=0.8, *, bottom=0.0, align="center", color=COLOR_PO
     # Like ax.bar: the bars' feet stick to the axis (no margin below a bar chart's 0).
     collection.sticky_edges.y.extend(np.unique(bottom).tolist())
     ax.add_collection(collection)
-    ax.autoscale_view()
+    ax.autoscale_view()  # matplotlib < 3.11 (pyproject allows 3.8) does not rescale the view here
     return collection
 
 
