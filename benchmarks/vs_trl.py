@@ -15,8 +15,9 @@ before the speed-up, kept below: four model forwards, per-step tokenization, non
 over 20 steps (must be <= 1e-5).
 
 Kinds:
-- ``course``: ``kto_course.train.KTOTrainer`` in offline mode (reference log-probs precomputed,
-  lean forward, fused AdamW);
+- ``course``: ``kto_course.train.KTOTrainer`` in offline mode (reference log-probs precomputed:
+  the rows' and the first epoch's mismatched pairs' when it is built, as TRL's
+  ``precompute_ref_log_probs`` does before its first step; lean forward, fused AdamW);
 - ``trl_fp32``: TRL's ``KTOTrainer`` as lesson 07 drives it (``trl_bridge.make_trainer``: fp32,
   no gradient checkpointing, fused AdamW);
 - ``trl_defaults``: TRL's ``KTOTrainer`` with its own ``KTOConfig`` defaults on the CPU
@@ -238,10 +239,12 @@ def worker(kind: str, steps: int, threads: int) -> dict:
         from kto_course.lm import load_reference
         from kto_course.train import KTOTrainer
 
+        start = time.perf_counter()
         trainer = KTOTrainer(load_reference("cpu")[0], reference, tok,
                              _config(steps, threads), dataset=rows)  # fmt: skip
-    rate = _time_steps(trainer.step, steps)
-    return {"kind": kind, "steps_per_s": rate}
+        setup = time.perf_counter() - start  # tokenizing, and the reference's precomputed scores
+        return {"kind": kind, "steps_per_s": _time_steps(trainer.step, steps), "setup_s": setup}
+    return {"kind": kind, "steps_per_s": _time_steps(trainer.step, steps)}
 
 
 def parity(threads: int) -> dict:
@@ -299,11 +302,13 @@ def main(argv=None) -> int:
     print(f"threads {args.threads}, {args.steps} steps per run ({WARMUP} untimed), "
           f"{args.rounds} rounds, load average at start {os.getloadavg()}")  # fmt: skip
     rates: dict[str, list[float]] = {k: [] for k in kinds}
+    setups = []
     for r in range(args.rounds):
         for kind in kinds:
             res = _run(args, "--worker", kind)
             if res:
                 rates[kind].append(res["steps_per_s"])
+                setups += [res["setup_s"]] if "setup_s" in res else []
                 print(f"  round {r + 1} {kind:<13} {res['steps_per_s']:6.2f} steps/s")
     med = {k: statistics.median(v) for k, v in rates.items() if v}
     print("\nmedian steps/s (min-max):")
@@ -318,6 +323,10 @@ def main(argv=None) -> int:
                 ok += "" if target is None else ("met)" if med["course"] / med[other] >= target
                                                  else "NOT met)")  # fmt: skip
                 print(f"  course / {other:<13} {med['course'] / med[other]:5.2f}{ok}")
+    if setups:  # what the steps/s leave out, as TRL's precompute_ref_log_probs would
+        print("  course setup, not in its steps/s (tokenizing the rows; the reference's "
+              "scores of the rows and of epoch 1's mismatched pairs): "
+              f"median {statistics.median(setups):.2f} s")
     losses = _run(args, "--parity")
     if losses:
         for name in ("course", "course_adamw"):

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import importlib.metadata
 import json
+import os
 import platform
 import sys
 import typing
@@ -381,5 +382,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+# Commands whose work is done when their output is: the console script then ends the process at
+# once. Python's own teardown of torch and transformers, module by module, takes ~1 s after the
+# work (measured: `kto-course train` 8.7 -> 7.7 s wall).
+QUICK_EXIT = ("train", "pretrain")
+
+
+def entry() -> None:
+    """The ``kto-course`` console script: ``main``, then the exit (``QUICK_EXIT``)."""
+    code = main()
+    if sys.argv[1:2] and sys.argv[1] in QUICK_EXIT:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

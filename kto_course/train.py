@@ -18,6 +18,7 @@ Two data modes:
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import resource
@@ -52,7 +53,8 @@ __all__ = [
     "run_train",
 ]
 
-# Rows scored at once when the reference log-probs are precomputed (offline mode).
+# Rows scored in one forward when the reference log-probs are precomputed (offline mode): a
+# bound on the memory of one scoring pass, not on how many rows are scored.
 SCORE_CHUNK = 512
 
 
@@ -198,7 +200,8 @@ class KTOTrainer:
 
         The reference never changes, so log pi_ref of each (prompt, completion) row is computed
         here, in chunks, and never again (TRL's ``precompute_ref_log_probs``); those of the
-        mismatched pairs once per epoch, as soon as its order is drawn (``_next_rows``).
+        mismatched pairs once per epoch, as soon as its order is drawn (``_draw_epoch``: the
+        first epoch here, so that no step of it waits for the reference).
         """
         tok, rows, dev = self.tokenizer, self.dataset, self.device
         prompt_ids, completion_ids = self.encode([r["prompt"] for r in rows],
@@ -222,7 +225,7 @@ class KTOTrainer:
                                     device=dev)  # fmt: skip
         every = torch.arange(len(rows), device=dev)
         self._ref_logps = self._score_reference(every, every)
-        self._kl_ref = torch.empty(0, device=dev)
+        self._draw_epoch()
 
     def _pairs(self, prompt_rows: torch.Tensor, completion_rows: torch.Tensor) -> dict:
         """The right-padded batch of dataset prompts ``prompt_rows`` with completions
@@ -244,21 +247,25 @@ class KTOTrainer:
         ]  # fmt: skip
         return torch.cat(out)
 
+    def _draw_epoch(self) -> None:
+        """Offline: queue the next epoch's order of the dataset rows and score the mismatched
+        pairs of its microbatches under the reference: the order fixes them."""
+        n = self.config.batch_size
+        order = list(range(len(self.dataset)))
+        if self.config.order == "shuffled":  # so that microbatches mix both labels
+            self.rng.shuffle(order)
+        # Rows left over from the last epoch (fewer than a microbatch) open this one.
+        self._order += order
+        k = len(self._order) // n
+        rows = torch.tensor(self._order[: k * n], device=self.device).view(k, n)
+        self._kl_ref = self._score_reference(rows.flatten(), rows[:, self._shift].flatten())
+
     def _next_rows(self) -> tuple[list[int], torch.Tensor]:
         """Offline: the next microbatch's dataset rows and the reference log-probs of its
-        mismatched pairs (precomputed for the next ``SCORE_CHUNK`` rows of the order)."""
+        mismatched pairs (precomputed by ``_draw_epoch``)."""
         n = self.config.batch_size
-        if len(self._order) < n:  # a new epoch
-            order = list(range(len(self.dataset)))
-            if self.config.order == "shuffled":  # so that microbatches mix both labels
-                self.rng.shuffle(order)
-            self._order += order
-        if len(self._kl_ref) < n:  # always 0 then: consumed n at a time
-            # The order fixes the pairs of the next microbatches: score them together, up to
-            # SCORE_CHUNK rows (not the whole epoch, which a short run never reaches).
-            k = max(1, min(len(self._order) // n, SCORE_CHUNK // n))
-            rows = torch.tensor(self._order[: k * n], device=self.device).view(-1, n)
-            self._kl_ref = self._score_reference(rows.flatten(), rows[:, self._shift].flatten())
+        if len(self._order) < n:
+            self._draw_epoch()
         rows, kl_ref = self._order[:n], self._kl_ref[:n]
         del self._order[:n]
         self._kl_ref = self._kl_ref[n:]
@@ -413,8 +420,7 @@ def from_reference(config: KTOConfig | None = None, dataset=None) -> KTOTrainer:
     config.validate()
     device = system.pick_device(config.device)  # an unusable device fails here, before loading
     reference, tokenizer = load_reference(device)
-    policy, _ = load_reference(device)
-    return KTOTrainer(policy, reference, tokenizer, config, dataset=dataset)
+    return KTOTrainer(copy.deepcopy(reference), reference, tokenizer, config, dataset=dataset)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,9 @@ import copy
 import dataclasses
 import json
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,6 +189,23 @@ def test_cli_train_prints_a_json_summary_and_saves(tmp_path, capsys):
     assert summary["steps"] == 3 and summary["device"] == "cpu"
     assert (out / "model.safetensors").is_file()
     load_model(out)
+
+
+def test_console_script_exits_at_once_with_its_output_whole(tmp_path):
+    """``kto-course train`` ends the process without Python's teardown (cli.QUICK_EXIT): the
+    JSON summary, the saved policy and the exit status must all be there regardless."""
+    script = Path(sys.executable).with_name("kto-course")
+    out = tmp_path / "policy"
+    done = subprocess.run([str(script), "train", "--device", "cpu", "--steps", "2",
+                           "--batch-size", "4", "--eval-samples", "8", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["steps"] == 2 and summary["saved_to"] == str(out)
+    load_model(out)
+    bad = subprocess.run([str(script), "train", "--batch-size", "1"], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert bad.returncode == 2 and "cannot estimate z0" in bad.stderr
 
 
 def test_live_training_plots_the_history(monkeypatch):
