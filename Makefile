@@ -23,7 +23,7 @@ lab: $(STAMP)
 	JUPYTER_CONFIG_PATH="$(CURDIR)/jupyter/learner" $(VENV)/bin/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG)
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --maxprocesses=4 --dist loadgroup
 
 # The inner loop (< 1 min): everything but notebooks, grading, classroom and browser tests.
 FAST_IGNORE := tests/test_notebooks.py tests/test_grading.py tests/test_classroom.py \

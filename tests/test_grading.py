@@ -78,6 +78,15 @@ def _bugs(name: str) -> list[PlantedBug]:
 BUG_CASES = [(name, i) for name, _ in LESSONS for i in range(len(_bugs(name)))]
 
 
+def _grading_group(name: str):
+    """The tests of one lesson share its grading (``graded``): with pytest-xdist, one worker."""
+    return pytest.mark.xdist_group(f"grading-{name}")
+
+
+LESSON_PARAMS = [pytest.param(name, marks=_grading_group(name)) for name in LESSON_IDS]
+BUG_PARAMS = [pytest.param(n, i, id=f"{n}-bug{i}", marks=_grading_group(n)) for n, i in BUG_CASES]
+
+
 # ---------------------------------------------------------------------------------------------
 # Building the scenarios
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +239,7 @@ def _autograded(result) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", LESSON_IDS)
+@pytest.mark.parametrize("name", LESSON_PARAMS)
 def test_solution_scores_full_autograded_marks(name):
     lesson, results = graded(name)
     result = results["solved"]
@@ -241,7 +250,7 @@ def test_solution_scores_full_autograded_marks(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", LESSON_IDS)
+@pytest.mark.parametrize("name", LESSON_PARAMS)
 def test_untouched_student_version_scores_zero(name):
     lesson, results = graded(name)
     result = results["untouched"]
@@ -252,7 +261,7 @@ def test_untouched_student_version_scores_zero(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", LESSON_IDS)
+@pytest.mark.parametrize("name", LESSON_PARAMS)
 def test_written_answers_are_left_to_the_instructor(name):
     lesson, results = graded(name)
     written = [c for c in results["solved"].cells if c.kind == "written"]
@@ -264,7 +273,7 @@ def test_written_answers_are_left_to_the_instructor(name):
     assert "graded by your instructor" in report
 
 
-@pytest.mark.parametrize("name", LESSON_IDS)
+@pytest.mark.parametrize("name", LESSON_PARAMS)
 def test_every_exercise_has_a_planted_bug(name):
     solution = grading.read_notebook(dict(LESSONS)[name] / f"{name}.ipynb")
     lesson_exercises = exercises(solution)
@@ -279,7 +288,7 @@ def test_every_exercise_has_a_planted_bug(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,index", BUG_CASES, ids=[f"{n}-bug{i}" for n, i in BUG_CASES])
+@pytest.mark.parametrize("name,index", BUG_PARAMS)
 def test_planted_bug_loses_exactly_its_exercise(name, index):
     lesson, results = graded(name)
     bug = lesson.bugs[index]
@@ -303,7 +312,7 @@ def test_planted_bug_loses_exactly_its_exercise(name, index):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", LESSON_IDS)
+@pytest.mark.parametrize("name", LESSON_PARAMS)
 def test_endless_loop_times_out_and_the_rest_is_graded(name):
     lesson, results = graded(name)
     cells = _autograded(results["loop"])
@@ -316,7 +325,7 @@ def test_endless_loop_times_out_and_the_rest_is_graded(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", LESSON_IDS)
+@pytest.mark.parametrize("name", LESSON_PARAMS)
 def test_edited_test_cell_is_restored_and_deleted_one_put_back(name):
     lesson, results = graded(name)
     cells = _autograded(results["tampered"])
@@ -338,7 +347,7 @@ def _hidden_lines(solution_nb) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", LESSON_IDS)
+@pytest.mark.parametrize("name", LESSON_PARAMS)
 def test_feedback_html_has_no_hidden_test(name):
     lesson, results = graded(name)
     hidden = _hidden_lines(lesson.solution)
