@@ -27,11 +27,11 @@ os.environ.setdefault("KTO_COURSE_QUICK", "1")
 # finish are short: seconds of the long groups, measured on a 2-core machine (only their order
 # matters; a group not listed counts 1 s per slow test).
 LONG_GROUPS = {
-    "browser+chromium": 455, "grading-07_graduate_to_trl": 250, "grading-06_tiny_gpt2_kto": 170,
-    "grading-05_kto_vs_dpo": 155, "class_run": 135, "grading-04_gradients_and_saturation": 127,
-    "grading-02_kl_reference_point": 101, "grading-03_value_and_loss": 86, "executed-07": 75,
-    "grading-01_log_ratio": 63, "submit_runs": 60, "executed-06": 50, "grading-99_fixture": 41,
-    "executed-05": 40,
+    "browser-lab": 260, "grading-07_graduate_to_trl": 190, "browser-voila": 170,
+    "grading-06_tiny_gpt2_kto": 137, "grading-05_kto_vs_dpo": 109, "class_run": 95,
+    "grading-04_gradients_and_saturation": 88, "grading-02_kl_reference_point": 70,
+    "grading-03_value_and_loss": 62, "grading-01_log_ratio": 54, "executed-07": 47,
+    "grading-99_fixture": 27, "submit_runs": 25, "executed-06": 18,
 }  # fmt: skip
 
 

@@ -945,6 +945,12 @@ def assert_stopped(server: Server, leftovers: list[str]) -> None:
 # =============================================================================================
 
 
+# `make test` runs in parallel (tests/conftest.py): the Voila pages and JupyterLab's Run All are
+# two of the suite's longest pieces, so each is its own group, with its own Chromium (the
+# module's `browser`, started once in each worker that runs one of them).
+VOILA_GROUP, LAB_GROUP = "browser-voila", "browser-lab"
+
+
 def _voila_params():
     return [
         pytest.param(
@@ -952,6 +958,7 @@ def _voila_params():
             marks=[
                 pytest.mark.browser,
                 pytest.mark.timeout(time_budget_s(lesson), method="signal"),
+                pytest.mark.xdist_group(VOILA_GROUP),
             ],
         )
         for lesson in lessons_with_demos() or [specs.FIXTURE]
@@ -1005,6 +1012,7 @@ def _lab_params():
             marks=[
                 pytest.mark.browser,
                 pytest.mark.timeout(time_budget_s(lesson) + 60, method="signal"),
+                pytest.mark.xdist_group(LAB_GROUP),
             ],
         )
         for lesson in lessons
@@ -1073,6 +1081,7 @@ RAW_TEX_JS = """
 
 @pytest.mark.browser
 @pytest.mark.timeout(300, method="signal")
+@pytest.mark.xdist_group(VOILA_GROUP)
 def test_feedback_page_typesets_math_offline(browser, tmp_path):
     """The feedback page of `kto-course submit` shows its math typeset with every request off
     the machine refused: opened as a file, and shown by a Jupyter server under /files/."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -192,3 +193,29 @@ def test_learner_profile_names_plugins_that_exist():
     assert not any(off.values())
     for name in off:
         assert importlib.util.find_spec(name) is not None, name
+
+
+def test_tests_of_one_group_run_in_one_worker(tmp_path):
+    """``make test``'s parallel run shares a lesson's grading among its tests only if xdist
+    keeps each group in one worker (pytest 9.2 silently broke that: pyproject pins below it)."""
+    (tmp_path / "test_groups.py").write_text(
+        "import os\nimport pytest\n\n"
+        "@pytest.mark.xdist_group('shared')\n"
+        "@pytest.mark.parametrize('i', range(6))\n"
+        "def test_grouped(i):\n"
+        "    with open('workers.txt', 'a') as f:\n"
+        "        f.write(os.environ['PYTEST_XDIST_WORKER'] + '\\n')\n\n"
+        "@pytest.mark.parametrize('i', range(6))\n"
+        "def test_free(i):\n"
+        "    pass\n"
+    )
+    env = {k: v for k, v in os.environ.items()  # not this run's own worker or options
+           if not k.startswith(("PYTEST_XDIST", "PYTEST_ADDOPTS"))}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-n", "2", "--dist", "loadgroup", "test_groups.py"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    workers = (tmp_path / "workers.txt").read_text().split()
+    assert len(workers) == 6 and len(set(workers)) == 1, workers
+
