@@ -285,6 +285,80 @@ def _differing_share(a, b) -> float:
     return float((np.abs(a.astype(int) - b.astype(int)).max(-1) > 40).mean())
 
 
+def test_axes_seen_in_an_earlier_frame_come_from_its_saved_image(monkeypatch):
+    """Toggling between two looks of the axes (tick labels of different widths, so two
+    layouts) draws each look whole once; after that every frame is a blit, and each frame is
+    what a full draw shows."""
+    import io
+
+    import ipywidgets as widgets
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    from kto_course import demos, figures
+
+    def render(tokens):
+        fig, ax = figures.new_figure()
+        labels = tokens.split()
+        ax.bar(range(len(labels)), range(1, len(labels) + 1))
+        ax.set_xticks(range(len(labels)), labels, rotation=45)
+        return fig, tokens
+
+    control = widgets.Dropdown(options=["a b", "a long-token-label b c"])
+    box = demos.make_demo("t", {"tokens": control}, render)
+    canvas = box.plot
+    canvas.send = lambda *args, **kwargs: None
+    whole = []
+    draw = FigureCanvasAgg.draw
+    monkeypatch.setattr(FigureCanvasAgg, "draw", lambda self: whole.append(1) or draw(self))
+    counts = []  # whole draws per frame
+    for tokens in ["a long-token-label b c", "a b"] * 3:
+        control.value = tokens
+        before = len(whole)
+        canvas.draw()
+        counts.append(len(whole) - before)
+        frame = np.asarray(canvas.buffer_rgba()).copy()
+        full = np.asarray(Image.open(io.BytesIO(figures.png_bytes(box.figure))).convert("RGBA"))
+        assert _differing_share(frame, full) < 1e-4, tokens
+    assert counts[0] > 0 and counts[1:] == [0] * 5, counts  # only the new look is drawn whole
+
+
+def test_a_legend_is_drawn_from_its_pixels_only_while_it_looks_the_same():
+    """DemoCanvas keeps a legend's pixels per look (place, texts, handles): a frame whose
+    legend changed draws the new one, a legend seen before is drawn from its pixels, and
+    either way the frame is what a full draw shows (the data under the legend too)."""
+    import io
+
+    import ipywidgets as widgets
+    from PIL import Image
+
+    from kto_course import demos, figures
+
+    def render(label, color):
+        fig, ax = figures.new_figure()
+        ax.plot([0.0, 1.0], [0.0, 1.0], color=color, label=label)
+        ax.plot([0.0, 1.0], [0.9, 0.9], color="black", linewidth=3)  # runs under the legend
+        ax.set_ylim(0.0, 1.0)
+        ax.legend(loc="upper left")
+        return fig, label
+
+    controls = {"label": widgets.Dropdown(options=["short", "a much longer label"]),
+                "color": widgets.Dropdown(options=["tab:blue", "tab:red"])}  # fmt: skip
+    box = demos.make_demo("t", controls, render)
+    canvas = box.plot
+    canvas.send = lambda *args, **kwargs: None
+    looks = []
+    for label, color in (("a much longer label", "tab:blue"), ("a much longer label", "tab:red"),
+                         ("short", "tab:blue"), ("a much longer label", "tab:red")):  # fmt: skip
+        controls["label"].value, controls["color"].value = label, color
+        canvas.draw()
+        frame = np.asarray(canvas.buffer_rgba()).copy()
+        full = np.asarray(Image.open(io.BytesIO(figures.png_bytes(box.figure))).convert("RGBA"))
+        assert _differing_share(frame, full) < 1e-4, (label, color)
+        looks.append(len(canvas._legends))
+    assert looks == [2, 3, 3, 3]  # new texts, a new colour, the first look, seen before
+
+
 @pytest.mark.parametrize("lesson", specs.LESSONS)
 def test_live_frames_show_what_a_full_draw_shows(lesson):
     """A demo's canvas redraws only a frame's artists over the saved axes when those look as

@@ -13,9 +13,12 @@ from collections.abc import Callable
 import ipywidgets as widgets
 import numpy as np
 from ipympl.backend_nbagg import Canvas, FigureManager
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
+from matplotlib.legend import Legend
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from kto_course import figures
 
@@ -34,7 +37,8 @@ class DemoCanvas(Canvas):
     controls' values at that moment. So a fast drag or five quick key presses never queue
     redraws of values already left behind. A frame whose axes look as before (limits, ticks,
     titles) redraws only the demo's artists over a saved image of those axes (matplotlib's
-    blitting); ``fixed_layout=False`` draws every frame whole and lays it out.
+    blitting); axes and legends that look as in an earlier frame come from that frame's
+    saved pixels. ``fixed_layout=False`` draws every frame whole and lays it out.
     """
 
     RETRY_MS = 50  # the browser ignores a frame request while an earlier frame is on its way
@@ -49,6 +53,8 @@ class DemoCanvas(Canvas):
         FigureManager(self, 0)  # ipympl draws through a manager; not registered with pyplot
         self.update, self.stale_state, self._retries, self._drawn_at = update, False, 0, 0.0
         self._laid_out_for, self._background, self._background_state = (), None, ()
+        self._backgrounds = {}  # the axes' look (``_background_state``) -> their saved image
+        self._legends = {}  # a legend's look -> its pixels (``_draw_legend``)
         self._layouts = {}  # tick label widths -> the axes' places constrained layout gave them
         self._retry = self.new_timer(interval=self.RETRY_MS)
         self._retry.single_shot = True
@@ -96,7 +102,10 @@ class DemoCanvas(Canvas):
         Otherwise draw the axes, save them, and draw the frame's artists over them (after at
         most one new layout: ``relayout``)."""
         fig = self.figure
-        if self._background is None or _background_state(fig) != self._background_state:
+        state = _background_state(fig)
+        if state != self._background_state:
+            state = self._seen_before(fig) or state
+        if self._background is None or state != self._background_state:
             contents = [a for ax in fig.axes for a in figures.frame_artists(ax)]
             for artist in contents:
                 artist.set_animated(True)  # a full draw leaves them out
@@ -113,8 +122,7 @@ class DemoCanvas(Canvas):
                 self._layouts[widths] = [ax.get_position() for ax in fig.axes]
             elif relayout and widths != self._laid_out_for:
                 if widths in self._layouts:  # seen before: the same places as then
-                    for ax, position in zip(fig.axes, self._layouts[widths], strict=True):
-                        ax.set_position(position)
+                    _place(fig, self._layouts[widths])
                 else:
                     fig.set_layout_engine("constrained")
                 self._laid_out_for, self._background = widths, None
@@ -123,15 +131,100 @@ class DemoCanvas(Canvas):
             self._laid_out_for = widths
             self._background = self.copy_from_bbox(fig.bbox)
             self._background_state = _background_state(fig)
+            if len(self._backgrounds) >= 8:  # a demo whose axes keep changing
+                self._backgrounds.clear()
+            self._backgrounds[self._background_state] = self._background
         else:
             self.restore_region(self._background)
         renderer = self.get_renderer()
         for ax in fig.axes:
             for artist in figures.frame_artists(ax):
-                artist.draw(renderer)
+                if isinstance(artist, Legend):
+                    self._draw_legend(artist, renderer)
+                else:
+                    artist.draw(renderer)
             for spine in ax.spines.values():  # the axes' frame stays on top, as in a full draw
                 spine.draw(renderer)
         self.blit()  # ipympl: send the new frame
+
+    def _seen_before(self, fig) -> tuple | None:
+        """The axes look as in an earlier frame, in one of the layouts seen (lesson 01's
+        completion toggled back): put them where they were then, make that frame's saved image
+        the background and return its state. Else leave the axes where they are: None."""
+        if isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine):
+            return None  # the first frame: nothing seen yet
+        here = [ax.get_position() for ax in fig.axes]
+        for widths, positions in self._layouts.items():
+            if len(positions) != len(here):
+                continue
+            _place(fig, positions)
+            # The ticks depend on the axes' size: only a layout made for them counts.
+            state = _background_state(fig) if _tick_label_widths(fig) == widths else None
+            if state in self._backgrounds:
+                self._laid_out_for, self._background = widths, self._backgrounds[state]
+                self._background_state = state
+                return state
+        _place(fig, here)
+        return None
+
+    def _draw_legend(self, legend, renderer) -> None:
+        """Draw ``legend`` from its pixels of an earlier frame when it looks the same (its
+        place, texts and handles): a demo's legend rarely changes, and its text is much of a
+        frame's cost (lesson 05's pair_margins: 31 -> 20 ms a frame). Composited over this
+        frame's data, as a full draw draws it."""
+        look = _legend_look(legend, renderer)
+        if look is None:  # a handle this cache does not know how to compare
+            legend.draw(renderer)
+            return
+        if look not in self._legends:
+            alone = RendererAgg(int(renderer.width), int(renderer.height), renderer.dpi)
+            legend.draw(alone)
+            x0, y0, x1, y1 = look[0]
+            # The buffer's rows count from the top; draw_image's from the bottom.
+            top = int(renderer.height) - y1
+            pixels = np.asarray(alone.buffer_rgba())[top : top + y1 - y0, x0:x1]
+            pixels = np.ascontiguousarray(pixels[::-1])
+            if len(self._legends) > 64:  # a demo whose legend keeps changing
+                self._legends.clear()
+            self._legends[look] = (x0, y0, pixels)
+        x0, y0, pixels = self._legends[look]
+        gc = renderer.new_gc()
+        renderer.draw_image(gc, x0, y0, pixels)
+        gc.restore()
+
+
+def _place(fig, positions) -> None:
+    """Put each axes of ``fig`` at its position, and keep it in the layout: ``set_position``
+    alone takes an axes out of constrained layout, and a later new layout would skip it."""
+    for ax, position in zip(fig.axes, positions, strict=True):
+        ax.set_position(position)
+        ax.set_in_layout(True)
+
+
+def _legend_look(legend, renderer) -> tuple | None:
+    """What a legend's pixels depend on: its box on the canvas (the whole pixels it covers,
+    with a margin for antialiasing, first), its texts, and each handle's colours and style;
+    None for a handle that is neither a line nor a patch."""
+    box = legend.get_window_extent(renderer)
+    x0, y0 = max(0, int(np.floor(box.x0)) - 2), max(0, int(np.floor(box.y0)) - 2)
+    x1 = min(int(renderer.width), int(np.ceil(box.x1)) + 2)
+    y1 = min(int(renderer.height), int(np.ceil(box.y1)) + 2)
+    handles = []
+    for handle in legend.legend_handles:
+        if isinstance(handle, Line2D):
+            handles.append(("line", str(handle.get_color()), str(handle.get_linestyle()),
+                            handle.get_linewidth(), str(handle.get_marker()),
+                            handle.get_markersize(), str(handle.get_markerfacecolor()),
+                            handle.get_alpha()))  # fmt: skip
+        elif isinstance(handle, Patch):
+            handles.append(("patch", tuple(handle.get_facecolor()),
+                            tuple(handle.get_edgecolor()), handle.get_linewidth(),
+                            str(handle.get_hatch()), handle.get_alpha()))  # fmt: skip
+        else:
+            return None
+    texts = tuple((t.get_text(), str(t.get_color())) for t in legend.get_texts())
+    place = tuple(np.round(box.bounds, 3))  # a legend a fraction of a pixel away renders anew
+    return ((x0, y0, x1, y1), place, texts, legend.get_title().get_text(), tuple(handles))
 
 
 def _background_state(fig) -> tuple:
