@@ -29,7 +29,8 @@ test: $(STAMP)
 FAST_IGNORE := tests/test_notebooks.py tests/test_grading.py tests/test_classroom.py \
 	tests/test_browser.py tests/test_generate.py
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not browser" $(addprefix --ignore=,$(FAST_IGNORE))
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadgroup -m "not slow and not browser" \
+		$(addprefix --ignore=,$(FAST_IGNORE))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check kto_course tests benchmarks

@@ -347,6 +347,8 @@ def _nbgrader(*args, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=1200)  # fmt: skip
 
 
+# The tests of a whole class's autograde (here and `submit_runs` below) are `slow`: nbgrader runs
+# every cheat and crash in its own kernel (~90 s), which `make test-fast` leaves out.
 @pytest.fixture(scope="module")
 def class_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("adversarial")
@@ -390,6 +392,7 @@ def class_run(tmp_path_factory):
     CANARY.unlink(missing_ok=True)
 
 
+@pytest.mark.slow
 def test_class_autograde_exits_0(class_run):
     assert class_run["done"].returncode == 0, class_run["done"].stderr[-3000:]
     assert class_run["feedback"].returncode == 0, class_run["feedback"].stderr[-3000:]
@@ -403,6 +406,7 @@ def _full_except(scores: dict, target: str | None):
             assert score == max_score, (exercise, score, max_score)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", range(len(CHEATS)), ids=list(CHEATS))
 def test_class_cheat_scores_zero_and_leaves_no_trace(row, class_run):
     student = f"cheat{row}"
@@ -414,6 +418,7 @@ def test_class_cheat_scores_zero_and_leaves_no_trace(row, class_run):
     assert class_run["sentinel"].read_text() == "still here"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", range(len(CRASHES)), ids=list(CRASHES))
 def test_class_crash_grades_the_rest(row, class_run):
     _, words = list(CRASHES.values())[row]
@@ -423,10 +428,12 @@ def test_class_crash_grades_the_rest(row, class_run):
         assert words in class_run["messages"][student][TARGET], class_run["messages"][student]
 
 
+@pytest.mark.slow
 def test_class_duplicated_answer_cell_both_correct_gets_full_marks(class_run):
     _full_except(class_run["scores"]["duplicated"], None)
 
 
+@pytest.mark.slow
 def test_class_another_lessons_notebook_gets_one_clear_message(class_run):
     scores, messages = class_run["scores"]["otherlesson"], class_run["messages"]["otherlesson"]
     assert all(score == 0 for score, _ in scores.values())
@@ -476,6 +483,7 @@ def _json_of(done) -> dict:
     return json.loads(text)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SUBMIT_ROWS)
 def test_submit_cheat_or_crash_costs_only_its_exercise(name, submit_runs):
     done = submit_runs["results"][name]
