@@ -285,15 +285,26 @@ def _differing_share(a, b) -> float:
     return float((np.abs(a.astype(int) - b.astype(int)).max(-1) > 40).mean())
 
 
+def _frame_against_full_draw(box) -> float:
+    """``_differing_share`` of the demo canvas's current frame and its figure drawn from
+    scratch (``figures.png_bytes``)."""
+    import io
+
+    from PIL import Image
+
+    from kto_course import figures
+
+    frame = np.asarray(box.plot.buffer_rgba()).copy()
+    full = np.asarray(Image.open(io.BytesIO(figures.png_bytes(box.figure))).convert("RGBA"))
+    return _differing_share(frame, full)
+
+
 def test_axes_seen_in_an_earlier_frame_come_from_its_saved_image(monkeypatch):
     """Toggling between two looks of the axes (tick labels of different widths, so two
     layouts) draws each look whole once; after that every frame is a blit, and each frame is
     what a full draw shows."""
-    import io
-
     import ipywidgets as widgets
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from PIL import Image
 
     from kto_course import demos, figures
 
@@ -317,9 +328,7 @@ def test_axes_seen_in_an_earlier_frame_come_from_its_saved_image(monkeypatch):
         before = len(whole)
         canvas.draw()
         counts.append(len(whole) - before)
-        frame = np.asarray(canvas.buffer_rgba()).copy()
-        full = np.asarray(Image.open(io.BytesIO(figures.png_bytes(box.figure))).convert("RGBA"))
-        assert _differing_share(frame, full) < 1e-4, tokens
+        assert _frame_against_full_draw(box) < 1e-4, tokens
     assert counts[0] > 0 and counts[1:] == [0] * 5, counts  # only the new look is drawn whole
 
 
@@ -327,10 +336,7 @@ def test_a_legend_is_drawn_from_its_pixels_only_while_it_looks_the_same():
     """DemoCanvas keeps a legend's pixels per look (place, texts, handles): a frame whose
     legend changed draws the new one, a legend seen before is drawn from its pixels, and
     either way the frame is what a full draw shows (the data under the legend too)."""
-    import io
-
     import ipywidgets as widgets
-    from PIL import Image
 
     from kto_course import demos, figures
 
@@ -352,9 +358,7 @@ def test_a_legend_is_drawn_from_its_pixels_only_while_it_looks_the_same():
                          ("short", "tab:blue"), ("a much longer label", "tab:red")):  # fmt: skip
         controls["label"].value, controls["color"].value = label, color
         canvas.draw()
-        frame = np.asarray(canvas.buffer_rgba()).copy()
-        full = np.asarray(Image.open(io.BytesIO(figures.png_bytes(box.figure))).convert("RGBA"))
-        assert _differing_share(frame, full) < 1e-4, (label, color)
+        assert _frame_against_full_draw(box) < 1e-4, (label, color)
         looks.append(len(canvas._legends))
     assert looks == [2, 3, 3, 3]  # new texts, a new colour, the first look, seen before
 
