@@ -524,6 +524,19 @@ class Server:
             time.sleep(0.25)
         return False
 
+    def _wait_no_connections(self, timeout_s: float) -> None:
+        url = f"http://127.0.0.1:{self.port}/api/kernels?token={self.token}"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    kernels = json.load(r)
+            except (OSError, ValueError):
+                return  # the server is gone or not answering: stop() insists below
+            if all(k.get("connections", 0) == 0 for k in kernels):
+                return
+            time.sleep(0.1)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -532,6 +545,11 @@ class Server:
         if self.proc is None or self.proc.poll() is not None:
             return
         if self.kind == "lab":
+            # A tab closed just before the shutdown request can leave the server writing a
+            # kernel's last messages to that tab's closing websocket, which tornado logs as a
+            # WebSocketClosedError traceback. A user closes the tab and then shuts down: wait
+            # until the server has seen every tab go.
+            self._wait_no_connections(timeout_s=10.0)
             request = urllib.request.Request(
                 f"http://127.0.0.1:{self.port}/api/shutdown",
                 method="POST",
