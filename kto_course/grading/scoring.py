@@ -106,23 +106,28 @@ def grade(
     from nbgrader.api import Gradebook
     from nbgrader.converters import Autograde, GenerateAssignment, GenerateFeedback
 
+    from kto_course.grading.verdicts import setup_source
+    from kto_course.grading.warm_kernels import zygote
+
     check_markup([lesson], solutions_dir)
     with tempfile.TemporaryDirectory(prefix="kto-grade-") as tmp:
         root = Path(tmp)
         config = course_config(root, timeout=timeout)
         new_course(root, solutions_dir, [lesson])
-        run_app(GenerateAssignment, config, assignment_id=lesson, student_id=".", force=True)
-        for student, notebook in submissions.items():
-            dest = root / "submitted" / student / lesson
-            dest.mkdir(parents=True)
-            if isinstance(notebook, nbformat.NotebookNode):
-                notebook = notebook_text(notebook).encode("utf-8")
-            (dest / f"{lesson}.ipynb").write_bytes(notebook)
-        run_app(Autograde, config, assignment_id=lesson, force=True, create_student=True)
+        source = read_notebook(root / "source" / lesson / f"{lesson}.ipynb")
+        # The kernels' imports, once: started first, the zygote imports while nbgrader prepares.
+        with zygote(setup_source(source)):
+            run_app(GenerateAssignment, config, assignment_id=lesson, student_id=".", force=True)
+            for student, notebook in submissions.items():
+                dest = root / "submitted" / student / lesson
+                dest.mkdir(parents=True)
+                if isinstance(notebook, nbformat.NotebookNode):
+                    notebook = notebook_text(notebook).encode("utf-8")
+                (dest / f"{lesson}.ipynb").write_bytes(notebook)
+            run_app(Autograde, config, assignment_id=lesson, force=True, create_student=True)
         if feedback:
             run_app(GenerateFeedback, config, assignment_id=lesson, force=True)
 
-        source = read_notebook(root / "source" / lesson / f"{lesson}.ipynb")
         order = [nbgrader_meta(c).get("grade_id") for c in source.cells]
         with quiet(), Gradebook(config.CourseDirectory.db_url, COURSE_ID) as gb:
             return {

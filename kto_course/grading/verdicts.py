@@ -23,6 +23,7 @@ import ast
 import atexit
 import contextlib
 import io
+import logging
 import os
 import re
 import sys
@@ -348,10 +349,30 @@ class SanitizeSubmission(NbGraderPreprocessor):
         return nb, resources
 
 
+def _warm_kernels_for(config, resources) -> None:
+    """Kernels forked from the zygote of this notebook's lesson (``warm_kernels``)."""
+    from kto_course.grading.notebooks import read_notebook
+    from kto_course.grading.warm_kernels import zygote_for
+
+    source_path, _ = _course_paths(config, resources)
+    if source_path.exists():
+        try:
+            zygote_for(setup_source(read_notebook(source_path)))
+        except Exception as e:  # noqa: BLE001: then kernels start the usual way
+            logging.getLogger("kto_course").warning("kto-course: no warm kernels: %s", e)
+
+
 class SafeExecute(Execute):
     """nbgrader's Execute, except that a dead kernel or a cell the kernel never comes back from
     stops execution with a note in that cell; the notebook is still graded (the verdicts do not
-    come from the kernel). Another lesson's notebook is not executed at all."""
+    come from the kernel). Another lesson's notebook is not executed at all. Its kernels are
+    forked from the lesson's zygote (``warm_kernels``)."""
+
+    def __init__(self, *args, **kwargs):
+        from kto_course.grading.warm_kernels import WarmKernelManager
+
+        kwargs.setdefault("kernel_manager_class", WarmKernelManager)  # nbgrader sets its own
+        super().__init__(*args, **kwargs)
 
     def preprocess(self, nb, resources=None, km=None):
         from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -359,6 +380,7 @@ class SafeExecute(Execute):
 
         if (nb.metadata.get(KEY) or {}).get("foreign"):
             return nb, resources
+        _warm_kernels_for(self.config, resources)
         NotebookClient.__init__(self, nb, km)
         self.reset_execution_trackers()
         self._check_assign_resources(resources)

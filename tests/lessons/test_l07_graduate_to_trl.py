@@ -155,7 +155,10 @@ GUARDS = ("if HAVE_TRL", "elif HAVE_TRL", "if RUN_EXPERIMENTS", "elif RUN_EXPERI
 def test_trl_cells_are_guarded_and_the_flag_is_set_first():
     cells = [c for c in solution_notebook(LESSON).cells if c.cell_type == "code"]
     first = cells[0].source
-    assert "trl_bridge.require_trl()" in first and "HAVE_TRL = False" in first
+    assert "HAVE_TRL = False" in first
+    # While nbgrader grades, no trainer runs: TRL's trainer module (seconds) is not imported.
+    assert "trl_bridge.require_trl(trainer=not GRADING)" in first
+    assert first.index("GRADING = ") < first.index("require_trl(")
     # RUN_EXPERIMENTS is HAVE_TRL narrowed (off while nbgrader grades), so it guards too.
     assert "RUN_EXPERIMENTS = HAVE_TRL and not GRADING" in first
     guarded = [c for c in cells if any(call in c.source for call in TRL_CALLS)]
