@@ -22,8 +22,12 @@ $(STAMP): pyproject.toml
 lab: $(STAMP)
 	JUPYTER_CONFIG_PATH="$(CURDIR)/jupyter/learner" $(VENV)/bin/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG)
 
+# One worker more than there are cores (at most 5): much of a worker's time is waiting (a
+# grading timeout's 30 s, Chromium, a kernel starting), and another worker takes its core then.
+WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(len(os.sched_getaffinity(0)) + 1, 5))")
+
 test: $(STAMP)
-	$(PY) -m pytest -n auto --maxprocesses=4 --dist loadgroup
+	$(PY) -m pytest -n $(WORKERS) --dist loadgroup
 
 # The inner loop (< 1 min): everything but notebooks, grading, classroom and browser tests.
 FAST_IGNORE := tests/test_notebooks.py tests/test_grading.py tests/test_classroom.py \

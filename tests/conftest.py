@@ -18,7 +18,7 @@ NOTEBOOKS = ROOT / "notebooks"
 os.environ.setdefault("KTO_COURSE_QUICK", "1")
 
 
-# -- Running in parallel (`make test`: pytest -n auto --dist loadgroup, with pytest-xdist) -----
+# -- Running in parallel (`make test`: pytest -n WORKERS --dist loadgroup, with pytest-xdist) --
 #
 # xdist sends each group of tests to one worker. A test's group: the one it names
 # (``xdist_group``: test_grading.py grades a lesson once for all of that lesson's tests), else
@@ -27,12 +27,19 @@ os.environ.setdefault("KTO_COURSE_QUICK", "1")
 # finish are short: seconds of the long groups, measured on a 2-core machine (only their order
 # matters; a group not listed counts 1 s per slow test).
 LONG_GROUPS = {
-    "browser-lab": 260, "grading-07_graduate_to_trl": 190, "browser-voila": 170,
-    "grading-06_tiny_gpt2_kto": 137, "grading-05_kto_vs_dpo": 109, "class_run": 95,
-    "grading-04_gradients_and_saturation": 88, "grading-02_kl_reference_point": 70,
-    "grading-03_value_and_loss": 62, "grading-01_log_ratio": 54, "executed-07": 47,
-    "grading-99_fixture": 27, "submit_runs": 25, "warm_kernels": 40, "executed-06": 18,
+    "browser-lab": 260, "browser-voila": 170, "grading-07_graduate_to_trl": 145,
+    "grading-06_tiny_gpt2_kto": 120, "grading-05_kto_vs_dpo": 116, "class_run": 101,
+    "executed-07": 100, "grading-04_gradients_and_saturation": 87,
+    "grading-03_value_and_loss": 78, "grading-02_kl_reference_point": 57,
+    "grading-01_log_ratio": 56, "executed-06": 40, "warm_kernels": 40, "grading-99_fixture": 27,
+    "submit_runs": 25,
 }  # fmt: skip
+# Tests alone in their group that take minutes: lesson 07 executed by nbval and as a student.
+LONG_GROUPS.update({
+    f"tests/test_notebooks.py::{test}[07_graduate_to_trl]": seconds for test, seconds in (
+        ("test_solution_runs_clean_under_nbval", 73),
+        ("test_student_version_fails_only_with_not_implemented", 68))
+})  # fmt: skip
 
 
 def xdist_group(item) -> str:
