@@ -205,3 +205,11 @@ def test_no_lessons_kernels_start_cold():
     out = subprocess.run([sys.executable, "-c", script], input="\n".join(setups),
                          capture_output=True, text=True, timeout=300, check=True)  # fmt: skip
     assert json.loads(out.stdout.splitlines()[-1]) == [], out.stderr[-2000:]
+
+
+def test_where_forking_is_not_supported_kernels_start_the_usual_way(tmp_path, monkeypatch):
+    monkeypatch.setattr(warm_kernels, "SUPPORTED", False)
+    with warm_kernels.zygote("import json") as zygote:
+        assert zygote is None and warm_kernels.current_address() is None
+        shown = _outputs(_run(_notebook("import os\nprint(os.getppid())"), tmp_path))
+    assert int(shown[0]) == os.getpid()

@@ -102,11 +102,15 @@ class Zygote:
 
 
 _CURRENT: list[Zygote] = []  # the zygote serving this process's kernels: one at a time
+# fork, pidfds, SO_PEERCRED and /proc: Linux only. Elsewhere kernels start the usual way.
+SUPPORTED = sys.platform.startswith("linux") and hasattr(os, "pidfd_open")
 
 
-def zygote_for(setup: str) -> Zygote:
+def zygote_for(setup: str) -> Zygote | None:
     """The zygote of this setup, started now unless it serves already; another lesson's ends
-    (a class is graded one lesson after another)."""
+    (a class is graded one lesson after another). None where it is not ``SUPPORTED``."""
+    if not SUPPORTED:
+        return None
     if _CURRENT and _CURRENT[0].setup == setup and _CURRENT[0].serving():
         return _CURRENT[0]
     close_zygote()
