@@ -40,6 +40,8 @@ PROBES = [
     "import ipywidgets\nprint(sorted(get_ipython().kernel.comm_manager.targets))",
     "from kto_course.checks.base import CheckFailed\nraise CheckFailed('short')",
     "import numpy, torch\nprint(numpy.__version__, torch.get_num_threads())",
+    "import matplotlib.pyplot as plt\nplt.plot([0, 1]);",  # shown by matplotlib_inline's hook
+    "ipywidgets.IntSlider()",
 ]
 
 
@@ -81,6 +83,8 @@ def _outputs(nb) -> list:
             shown.append(text)
         shown += [(o.ename, o.evalue, len(o.traceback))
                   for o in cell.outputs if o.output_type == "error"]  # fmt: skip
+        shown += [sorted(o.data) for o in cell.outputs
+                  if o.output_type in ("display_data", "execute_result")]  # fmt: skip
     return shown
 
 
@@ -109,6 +113,8 @@ def test_a_forked_kernel_is_a_kernel_like_a_fresh_one(zygote, tmp_path, monkeypa
     assert warm[1] == f"from the grading process {os.getpid()}"
     assert "'jupyter.widget'" in warm[4]
     assert ("CheckFailed", "short", 1) in warm  # the one-line message, no checker frames
+    assert ["image/png", "text/plain"] in warm  # the inline backend showed the figure
+    assert any("application/vnd.jupyter.widget-view+json" in o for o in warm if type(o) is list)
     assert int(warm[-1]) == zygote.pid  # forked by the zygote...
     assert int(cold[-1]) == os.getpid()  # ... where a fresh kernel is the launcher's child
 

@@ -285,8 +285,8 @@ def _become_kernel(request: dict, inherited: list) -> None:
     os.environ.update(request["env"])
     launcher = importlib.util.find_spec("ipykernel_launcher").origin
     sys.argv = [launcher, *request["argv"]]
-    random.seed()
-    if "numpy" in sys.modules:  # a fresh kernel draws its own seed, not the zygote's
+    random.seed()  # a fresh kernel draws its own seeds, not the zygote's
+    if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()
     from ipykernel import kernelapp
 
@@ -317,9 +317,7 @@ def _fork_kernel(request: dict, inherited: list) -> int:
 
         traceback.print_exc()
     finally:
-        import atexit
-
-        atexit._run_exitfuncs()
+        atexit._run_exitfuncs()  # what a kernel's interpreter runs at its end
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
