@@ -102,8 +102,20 @@ class Zygote:
 
 
 _CURRENT: list[Zygote] = []  # the zygote serving this process's kernels: one at a time
-# fork, pidfds, SO_PEERCRED and /proc: Linux only. Elsewhere kernels start the usual way.
-SUPPORTED = sys.platform.startswith("linux") and hasattr(os, "pidfd_open")
+
+
+def _supported() -> bool:
+    """fork, pidfds (Linux 5.3), SO_PEERCRED and /proc: elsewhere kernels start the usual way."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "pidfd_open"):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:  # an older kernel: ENOSYS
+        return False
+    return True
+
+
+SUPPORTED = _supported()
 
 
 def zygote_for(setup: str) -> Zygote | None:
