@@ -333,11 +333,10 @@ def _fork_kernel(request: dict, inherited: list) -> int:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
-        os._exit(code)
-    return 0  # unreachable: the child ends above
+        os._exit(code)  # the child never returns into the zygote's loop
 
 
-class _Zygote:
+class _ZygoteLoop:
     """The zygote's loop: one selector over its socket, its stdin, each client and each kernel."""
 
     def __init__(self, address: str):
@@ -431,7 +430,7 @@ def main(address: str) -> None:
     # (IPython's shell adds "" for the kernel's own folder).
     if sys.path[0] in ("", os.getcwd()):
         del sys.path[0]
-    zygote = _Zygote(address)
+    zygote = _ZygoteLoop(address)
     # ipykernel reads JPY_PARENT_PID when it is imported: a kernel ends if this process ends.
     os.environ["JPY_PARENT_PID"] = str(os.getpid())
     unknown = [name for name in preload(setup) if name not in ASKERS]
