@@ -44,9 +44,10 @@ FIXTURE_BUGS = [
     PlantedBug("mean_of", "def mean_of(xs):\n    return sum(xs)", "summed", "no division"),
 ]
 
-# Per-cell timeout of the grading courses below: the endless loop costs this once per lesson.
-# Every cell up to a lesson's last test cell must finish well within it, on a busy machine too
-# (the slowest is the import cell: torch and transformers).
+# Per-cell timeout of the grading courses below. Every cell up to a lesson's last test cell
+# must finish well within it, on a busy machine too (the slowest is the import cell: torch and
+# transformers). The endless loop does not wait for it: the kernel does not run test cells, and
+# the worker stops the call after sandbox.CALL_TIME_LIMIT.
 TIMEOUT = 20
 TIMEOUT_BY_LESSON: dict[str, int] = {"06_tiny_gpt2_kto": 30}
 
@@ -61,6 +62,20 @@ ENDLESS_LOOP = """def {name}(*args, **kwargs):
         except Exception:
             pass
 """
+
+
+# The lesson whose grading also has a student that counts the kernel's calls of an answer.
+COUNTED_LESSON = grading.lessons(SOLUTIONS)[0]
+COUNTING = """
+_kernel_calls = []
+_answer = {name}
+
+
+def {name}(*args, **kwargs):
+    _kernel_calls.append(1)
+    return _answer(*args, **kwargs)
+"""
+COUNT_CELL = 'print(f"calls in the kernel: {len(_kernel_calls)}")'
 
 
 def _lesson_cases() -> list[tuple[str, Path]]:
@@ -205,6 +220,13 @@ class Lesson:
             deleted = _by_id(tampered)[f"test_{self.deleted_exercise}"]
             tampered.cells = [c for c in tampered.cells if c is not deleted]
         cases["tampered"] = tampered
+        if self.name == COUNTED_LESSON:
+            # The answer counts its calls in the kernel; a cell the learner added prints them.
+            name = self.loop_exercise
+            counted = with_answer(full, name, _by_id(full)[f"ex_{name}"].source
+                                  + "\n" + COUNTING.format(name=name))  # fmt: skip
+            counted.cells.append(nbformat.v4.new_code_cell(COUNT_CELL))
+            cases["counted"] = counted
         return cases
 
 
@@ -322,6 +344,19 @@ def test_endless_loop_times_out_and_the_rest_is_graded(name):
     for exercise, cell in cells.items():
         if exercise != lesson.loop_exercise:
             assert cell.points == lesson.exercises[exercise], (exercise, cell.message)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", [pytest.param(COUNTED_LESSON, marks=_grading_group(COUNTED_LESSON))]
+)
+def test_the_kernel_never_runs_the_checks(name):
+    """The test cells' outcome is the isolated verdict: the kernel does not run them (their
+    result would be replaced; a looping answer would hold the notebook for the cell timeout)."""
+    lesson, results = graded(name)
+    result = results["counted"]
+    assert result.score == result.max_score, grading.format_report(result)
+    assert "calls in the kernel: 0" in _visible_text(result.feedback_html)
 
 
 @pytest.mark.slow
@@ -568,6 +603,37 @@ def _generate(tree, *args, capsys):
 def test_fixture_student_version_is_generated_and_in_sync(tree, capsys):
     rc, out, err = _generate(tree, "--check", capsys=capsys)
     assert rc == 0, out + err
+
+
+def test_a_new_gradebook_records_alembics_head_without_a_subprocess(tmp_path, monkeypatch):
+    """nbgrader runs `alembic heads` for each new gradebook (1.8 s); the course reads the same
+    revision in-process (nbgrader_app.alembic_head)."""
+    import subprocess
+    import sys
+
+    import nbgrader.api
+    from nbgrader.api import Gradebook
+    from nbgrader.dbutil import _temp_alembic_ini
+    from sqlalchemy import create_engine, text
+
+    from kto_course.grading import nbgrader_app  # every grading step imports it
+
+    assert nbgrader.api.get_alembic_version is nbgrader_app.alembic_head
+
+    alembic = str(Path(sys.executable).parent / "alembic")
+    with _temp_alembic_ini("sqlite:///unused.db") as ini:
+        heads = subprocess.check_output([alembic, "-c", ini, "heads"], text=True)
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError(f"a subprocess while creating a gradebook: {args}")
+
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    db = f"sqlite:///{tmp_path / 'gradebook.db'}"
+    with Gradebook(db, "kto-course"):
+        pass
+    with create_engine(db).connect() as connection:
+        (version,) = connection.execute(text("SELECT version_num FROM alembic_version")).one()
+    assert version == heads.split()[0] and len(version) == 12, (version, heads)
 
 
 def test_generate_is_deterministic_and_strips_outputs(tree, capsys):

@@ -54,9 +54,9 @@ c.HTMLExporter.filters = {template[filters]!r}
 # Grade the function, not the kernel (kto_course/grading/verdicts.py): duplicated cells and
 # another lesson's notebook are handled before DeduplicateIds; a dead or hung kernel stops
 # execution instead of failing the notebook; each test cell's verdict comes from the learner's
-# answer cells run in an isolated worker process, never from the kernel. The kernel itself is
-# locked down at start (Execute.extra_arguments above). See README.md, "What the grader
-# defends".
+# answer cells run in an isolated worker process, never from the kernel (which skips it). The
+# kernel itself is locked down at start (Execute.extra_arguments above). See README.md, "What
+# the grader defends".
 c.Autograde.sanitize_preprocessors = {sanitize!r}
 c.Autograde.autograde_preprocessors = {autograde!r}
 '''
@@ -100,8 +100,8 @@ a fresh `kto-course course` when they change.
 ## What the grader defends (and what it does not)
 
 A grade says the student wrote the function. `nbgrader autograde` still executes each notebook
-(outputs, written answers, your manual grading), but every autograded test cell's outcome is
-replaced by a verdict computed outside the student's kernel:
+(outputs, written answers, your manual grading), but the student's kernel does not run the
+autograded test cells: each one's outcome is a verdict computed outside that kernel:
 
 - the student's answer cell for an exercise runs in a fresh worker process (time, memory, CPU
   and file-size limits, a scratch folder, no access to this course folder, the gradebook, the

@@ -1,19 +1,20 @@
 """Grade the function, not the kernel: each graded test cell's verdict from a trusted step.
 
-The notebook still executes as before (visible outputs, written answers), but a test cell's
-outcome is computed here: the exercise's check (``checks.EXERCISES``) runs in THIS process
-against a ``RemoteFunction`` built from the learner's answer cell(s), which run in a worker
-process (``sandbox``, ``worker``). ``IsolatedVerdicts`` then replaces whatever the kernel printed
-in that cell by the verdict: "✓ ..." on a pass, one ``CheckFailed`` error with the check's
-message on a failure (never the hidden tests' source or values).
+The notebook still executes (visible outputs, written answers), but a test cell's outcome is
+computed here, and the kernel does not run that cell: the exercise's check
+(``checks.EXERCISES``) runs in THIS process against a ``RemoteFunction`` built from the
+learner's answer cell(s), which run in a worker process (``sandbox``, ``worker``).
+``IsolatedVerdicts`` then writes the verdict as the cell's output: "✓ ..." on a pass, one
+``CheckFailed`` error with the check's message on a failure (never the hidden tests' source or
+values).
 
 Three nbgrader preprocessors, wired by ``nbgrader_app.course_config`` (and so by ``kto-course
 course``'s nbgrader_config.py):
 
 - ``SanitizeSubmission`` (sanitize stage, before ``DeduplicateIds``): duplicated cells (keep the
   LAST copy), invalid nbgrader metadata, a notebook of another lesson;
-- ``SafeExecute`` (replaces ``Execute``): a dead or hung kernel stops execution with a note in
-  that cell instead of failing the notebook;
+- ``SafeExecute`` (replaces ``Execute``): the verdicts' test cells are not run; a dead or hung
+  kernel stops execution with a note in that cell instead of failing the notebook;
 - ``IsolatedVerdicts`` (after ``SafeExecute``, before ``SaveAutoGrades``): the verdicts.
 """
 
@@ -198,24 +199,30 @@ def verdict(entry: dict, name: str, sources, box: Sandbox, hidden: bool) -> tupl
         fn.finish()
 
 
+def verdict_cells(lesson: str, source_nb) -> list:
+    """The SOURCE notebook's test cells whose outcome ``IsolatedVerdicts`` writes: those of the
+    exercises in ``EXERCISES`` (a test cell of an undeclared exercise keeps the kernel's)."""
+    table = exercise_tables().get(lesson) or {}
+    return [c for c in source_nb.cells
+            if c.cell_type == "code" and nbgrader_meta(c).get("grade")
+            and nbgrader_meta(c).get("grade_id", "").removeprefix("test_") in table]  # fmt: skip
+
+
 def grade_notebook(nb, lesson: str, source_nb, deny=()) -> dict[str, tuple[bool, str]]:
     """{test cell grade_id: (passed, message)} for every exercise of ``lesson`` found in
     ``EXERCISES`` (test cells of undeclared exercises are left out)."""
     table = exercise_tables().get(lesson)
-    if not table:
+    tests = verdict_cells(lesson, source_nb)
+    if not tests:
         return {}
     other = (nb.metadata.get(KEY) or {}).get("foreign") or foreign_lesson(nb, lesson)
-    tests = [c for c in source_nb.cells
-             if c.cell_type == "code" and nbgrader_meta(c).get("grade")]  # fmt: skip
     results = {}
     box = sandbox_for(setup_source(source_nb), deny) if not other else None
     if box is not None:
         warm_imports(box.setup_source)
     for cell in tests:
-        grade_id = nbgrader_meta(cell).get("grade_id", "")
+        grade_id = nbgrader_meta(cell)["grade_id"]
         name = grade_id.removeprefix("test_")
-        if name not in table:
-            continue
         if other:
             results[grade_id] = (False, foreign_message(lesson, other))
             continue
@@ -349,24 +356,23 @@ class SanitizeSubmission(NbGraderPreprocessor):
         return nb, resources
 
 
-def _warm_kernels_for(config, resources) -> None:
+def _warm_kernels_for(source_nb) -> None:
     """Kernels forked from the zygote of this notebook's lesson (``warm_kernels``)."""
-    from kto_course.grading.notebooks import read_notebook
     from kto_course.grading.warm_kernels import zygote_for
 
-    source_path, _ = _course_paths(config, resources)
-    if source_path.exists():
-        try:
-            zygote_for(setup_source(read_notebook(source_path)))
-        except Exception as e:  # noqa: BLE001: then kernels start the usual way
-            logging.getLogger("kto_course").warning("kto-course: no warm kernels: %s", e)
+    try:
+        zygote_for(setup_source(source_nb))
+    except Exception as e:  # noqa: BLE001: then kernels start the usual way
+        logging.getLogger("kto_course").warning("kto-course: no warm kernels: %s", e)
 
 
 class SafeExecute(Execute):
     """nbgrader's Execute, except that a dead kernel or a cell the kernel never comes back from
     stops execution with a note in that cell; the notebook is still graded (the verdicts do not
-    come from the kernel). Another lesson's notebook is not executed at all. Its kernels are
-    forked from the lesson's zygote (``warm_kernels``)."""
+    come from the kernel). The test cells whose outcome ``IsolatedVerdicts`` writes are not run
+    in the kernel: their result would be replaced, and an endless loop in the learner's function
+    would hold the notebook for the whole cell timeout. Another lesson's notebook is not
+    executed at all. Its kernels are forked from the lesson's zygote (``warm_kernels``)."""
 
     def __init__(self, *args, **kwargs):
         from kto_course.grading.warm_kernels import WarmKernelManager
@@ -378,9 +384,17 @@ class SafeExecute(Execute):
         from nbclient.exceptions import CellTimeoutError, DeadKernelError
         from nbconvert.preprocessors.execute import NotebookClient
 
+        from kto_course.grading.notebooks import read_notebook
+
         if (nb.metadata.get(KEY) or {}).get("foreign"):
             return nb, resources
-        _warm_kernels_for(self.config, resources)
+        source_path, _ = _course_paths(self.config, resources)
+        skip: set[str] = set()
+        if source_path.exists():
+            source = read_notebook(source_path)
+            _warm_kernels_for(source)
+            lesson = resources.get("nbgrader", {}).get("notebook", "")
+            skip = {nbgrader_meta(c)["grade_id"] for c in verdict_cells(lesson, source)}
         NotebookClient.__init__(self, nb, km)
         self.reset_execution_trackers()
         self._check_assign_resources(resources)
@@ -389,6 +403,8 @@ class SafeExecute(Execute):
                 info = self.wait_for_reply(self.kc.kernel_info())
                 self.nb.metadata["language_info"] = info["content"]["language_info"]
                 for index, cell in enumerate(self.nb.cells):
+                    if cell.cell_type == "code" and nbgrader_meta(cell).get("grade_id") in skip:
+                        continue  # graded by IsolatedVerdicts, outside the kernel
                     try:
                         self.preprocess_cell(cell, resources, index)
                     except (DeadKernelError, CellTimeoutError, RuntimeError, TimeoutError) as e:
