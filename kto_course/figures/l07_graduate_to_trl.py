@@ -66,16 +66,20 @@ def choice_effects(make_models, tokenizer, rows, steps=20, trl_history=None, nam
     entry switches only that choice to ``COURSE_CHOICES[choice]``. With ``metrics`` (e.g.
     ``PARITY_METRICS``) each entry is ``{metric: max diff}`` instead. Measured, not asserted.
     """
-    from kto_course.trl_bridge import run_trl, run_trl_matching
+    from kto_course.trl_bridge import DEFAULTS, run_trl, run_trl_matching
 
     if trl_history is None:
         policy, ref = make_models()
         trl_history = run_trl(policy, ref, tokenizer, rows, steps, **cfg)
+    # A run in TRL's sequential order reads only its first steps x batch rows; the course's
+    # trainer scores every row it is given when it is built, so it gets only those.
+    read = rows[: steps * cfg.get("batch_size", DEFAULTS["batch_size"])]
     effects = {}
     for name in ["trl_matching", *(names or COURSE_CHOICES)]:
         choice = {} if name == "trl_matching" else {name: COURSE_CHOICES[name]}
+        given = rows if choice.get("order", "sequential") != "sequential" else read
         policy, ref = make_models()
-        history = run_trl_matching(policy, ref, tokenizer, rows, steps, choices=choice, **cfg)
+        history = run_trl_matching(policy, ref, tokenizer, given, steps, choices=choice, **cfg)
         if metrics:
             effects[name] = {m: max_diff(history, trl_history, m) for m in metrics}
         else:

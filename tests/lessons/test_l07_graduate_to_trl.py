@@ -135,6 +135,25 @@ def test_parity_figures():
     assert figures.png_bytes(fig).startswith(b"\x89PNG")
 
 
+def test_choice_effects_gives_a_sequential_run_only_the_rows_it_reads(monkeypatch):
+    from kto_course import trl_bridge
+
+    given = {}
+
+    def run(policy, ref, tokenizer, rows, steps, choices=None, **cfg):
+        given[next(iter(choices), "trl_matching")] = len(rows)
+        return [{"loss": 0.0, "step": i + 1} for i in range(steps)]
+
+    monkeypatch.setattr(trl_bridge, "run_trl_matching", run)
+    trl = [{"loss": 0.0, "step": i + 1} for i in range(5)]
+    rows = [{"prompt": "p", "completion": "c", "label": True}] * 500
+    effects = figures.choice_effects(lambda: (None, None), None, rows, 5, trl_history=trl,
+                                     batch_size=8)  # fmt: skip
+    assert set(effects) == {"trl_matching", *figures.COURSE_CHOICES}
+    # Shuffled, the run may read any row; in TRL's order, the first 5 x 8.
+    assert given == {name: 500 if name == "order" else 40 for name in effects}
+
+
 def test_microbatch_label_shares_and_paired_rows():
     shares = figures.microbatch_label_shares([True] * 8 + [False] * 8 + [True, False] * 4, 8)
     assert shares == {"all_desirable": 1 / 3, "all_undesirable": 1 / 3,
