@@ -22,9 +22,10 @@ $(STAMP): pyproject.toml
 lab: $(STAMP)
 	JUPYTER_CONFIG_PATH="$(CURDIR)/jupyter/learner" $(VENV)/bin/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG)
 
-# One worker more than there are cores (at most 5): much of a worker's time is waiting (a
-# grading timeout's 30 s, Chromium, a kernel starting), and another worker takes its core then.
-WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(len(os.sched_getaffinity(0)) + 1, 5))")
+# Two workers more than there are cores (at most 6): part of a worker's time is waiting (a
+# verdict's time limit, Chromium, a kernel starting, a subprocess), and another worker takes
+# its core then. On 2 cores, 4 workers ran the suite in 583 s against 633 s with 3.
+WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(len(os.sched_getaffinity(0)) + 2, 6))")
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(WORKERS) --dist loadgroup

@@ -24,21 +24,22 @@ os.environ.setdefault("KTO_COURSE_QUICK", "1")
 # (``xdist_group``: test_grading.py grades a lesson once for all of that lesson's tests), else
 # the module-scoped fixtures it uses (each built once, in one worker: the browser, a class's
 # autograde), else the test alone. The groups go out longest first, so that the last ones to
-# finish are short: seconds of the long groups, measured on a 2-core machine (only their order
-# matters; a group not listed counts 1 s per slow test).
+# finish are short: seconds of the long groups, measured on a 2-core machine with 4 workers
+# (only their order matters; a group not listed counts 1 s per slow test).
 LONG_GROUPS = {
-    "browser-lab": 260, "browser-voila": 170, "grading-07_graduate_to_trl": 145,
-    "grading-06_tiny_gpt2_kto": 120, "grading-05_kto_vs_dpo": 116, "class_run": 101,
-    "executed-07": 100, "grading-04_gradients_and_saturation": 87,
-    "grading-03_value_and_loss": 78, "grading-02_kl_reference_point": 57,
-    "grading-01_log_ratio": 56, "executed-06": 40, "warm_kernels": 40, "grading-99_fixture": 27,
-    "submit_runs": 25,
+    "browser-lab": 294, "browser-voila": 216, "executed-07": 110,
+    "grading-05_kto_vs_dpo": 105, "class_run": 84, "grading-07_graduate_to_trl": 82,
+    "grading-06_tiny_gpt2_kto": 76, "grading-04_gradients_and_saturation": 74,
+    "executed-06": 71, "lesson_rows+one_thread": 59, "grading-03_value_and_loss": 56,
+    "warm_kernels": 56, "executed-05": 55, "lesson_verdicts": 52,
+    "grading-02_kl_reference_point": 42, "grading-01_log_ratio": 38, "submit_runs": 36,
+    "classroom": 35, "grading-99_fixture": 28,
 }  # fmt: skip
-# Tests alone in their group that take minutes: lesson 07 executed by nbval and as a student.
+# Tests alone in their group that take a minute: lesson 07 executed by nbval and as a student.
 LONG_GROUPS.update({
     f"tests/test_notebooks.py::{test}[07_graduate_to_trl]": seconds for test, seconds in (
-        ("test_solution_runs_clean_under_nbval", 73),
-        ("test_student_version_fails_only_with_not_implemented", 68))
+        ("test_solution_runs_clean_under_nbval", 59),
+        ("test_student_version_fails_only_with_not_implemented", 52))
 })  # fmt: skip
 
 
