@@ -46,13 +46,15 @@ FIXTURE_BUGS = [
 
 # Per-cell timeout of the grading courses below. Every cell up to a lesson's last test cell
 # must finish well within it, on a busy machine too (the slowest is the import cell: torch and
-# transformers). The endless loop does not wait for it: the kernel does not run test cells, and
-# the worker stops the call after sandbox.CALL_TIME_LIMIT.
+# transformers). A lesson's endless loop does not wait for it (its kernel does not run the test
+# cells; the worker stops the call after sandbox.CALL_TIME_LIMIT); the fixture lesson's does
+# (its checks live in the notebook, so its kernel runs them).
 TIMEOUT = 20
 TIMEOUT_BY_LESSON: dict[str, int] = {"06_tiny_gpt2_kto": 30}
 
 # An answer that never returns; it also swallows the check's own 10 s alarm (an Exception), so
-# only the grader's per-cell timeout can stop it.
+# only the grader can stop it: the worker's call limit (a lesson), the per-cell timeout (the
+# fixture lesson).
 ENDLESS_LOOP = """def {name}(*args, **kwargs):
     import time
     while True:

@@ -47,9 +47,11 @@ def alembic_head() -> str:
     return ScriptDirectory(ALEMBIC_DIR).get_current_head()
 
 
-# Gradebook() looks the function up in nbgrader.api at each call: every gradebook this
-# package creates (grade, generate, course, kto-course course) gets the in-process answer.
+# Gradebook() looks the function up in nbgrader.api at each call: every gradebook made in a
+# process that imported this module (grade, generate, submit, kto-course course) gets the
+# in-process answer.
 nbgrader.api.get_alembic_version = alembic_head
+
 # Seconds one cell may run when a learner submits; the longest lesson cell takes far less.
 DEFAULT_TIMEOUT = 60
 
