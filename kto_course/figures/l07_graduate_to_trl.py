@@ -66,7 +66,7 @@ def choice_effects(make_models, tokenizer, rows, steps=20, trl_history=None, nam
     entry switches only that choice to ``COURSE_CHOICES[choice]``. With ``metrics`` (e.g.
     ``PARITY_METRICS``) each entry is ``{metric: max diff}`` instead. Measured, not asserted.
     """
-    from kto_course.trl_bridge import DEFAULTS, run_trl, run_trl_matching
+    from kto_course.trl_bridge import DEFAULTS, TRL_CHOICES, run_trl, run_trl_matching
 
     if trl_history is None:
         policy, ref = make_models()
@@ -77,7 +77,7 @@ def choice_effects(make_models, tokenizer, rows, steps=20, trl_history=None, nam
     effects = {}
     for name in ["trl_matching", *(names or COURSE_CHOICES)]:
         choice = {} if name == "trl_matching" else {name: COURSE_CHOICES[name]}
-        given = rows if choice.get("order", "sequential") != "sequential" else read
+        given = read if {**TRL_CHOICES, **choice}["order"] == "sequential" else rows
         policy, ref = make_models()
         history = run_trl_matching(policy, ref, tokenizer, given, steps, choices=choice, **cfg)
         if metrics:
