@@ -119,6 +119,45 @@ def test_a_forked_kernel_is_a_kernel_like_a_fresh_one(zygote, tmp_path, monkeypa
     assert int(cold[-1]) == os.getpid()  # ... where a fresh kernel is the launcher's child
 
 
+# A cell that builds its first optimizer and prints the torch._dynamo modules that this imported.
+FIRST_OPTIMIZER = """import sys
+before = set(sys.modules)
+import torch
+torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+print(len([m for m in set(sys.modules) - before if m.startswith("torch._dynamo")]))"""
+
+
+def test_a_zygote_has_built_the_first_optimizer_for_its_kernels():
+    """torch imports its compiler when the first optimizer is built (1.3-1.6 s): a zygote
+    whose lesson imports torch has done it (``worker.LAZY_IMPORTS``), once for all its kernels.
+    The lesson: one whose setup imports torch without transformers (which imports it anyway)."""
+    setup = next(
+        setup for path in sorted(SOLUTIONS.glob("*.ipynb"))
+        if "torch" in (names := warm_kernels.preload_modules(
+            setup := verdicts.setup_source(nbformat.read(path, as_version=4))))
+        and not any(n.startswith("transformers") for n in names)
+    )  # fmt: skip
+    script = ("import sys\nfrom kto_course.grading import warm_kernels as w\n"
+              "w.preload(sys.stdin.read())\n" + FIRST_OPTIMIZER)  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", script], input=setup, capture_output=True,
+                         text=True, timeout=300, check=True)  # fmt: skip
+    assert out.stdout.split() == ["0"], out.stderr[-2000:]
+    fresh = subprocess.run([sys.executable, "-c", FIRST_OPTIMIZER], capture_output=True,
+                           text=True, timeout=300, check=True)  # fmt: skip
+    assert int(fresh.stdout) > 0  # without the zygote's preload, the optimizer imports it
+
+
+@pytest.mark.parametrize("imported, expected", [("torch", True), ("numpy", False)])
+def test_a_worker_zygote_imports_what_its_modules_import_when_first_used(imported, expected):
+    probe = (f"import sys, {imported}\n"
+             "from kto_course.grading.worker import preload_lazy_imports\n"
+             "assert 'torch._dynamo' not in sys.modules\n"
+             "preload_lazy_imports()\n"
+             "print('torch._dynamo' in sys.modules, 'torch' in sys.modules)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stdout.split() == [str(expected)] * 2, done.stderr
+
+
 def test_two_forked_kernels_draw_different_random_numbers(zygote, tmp_path):
     draws = [
         _outputs(_run(_notebook("import numpy, random\nprint(numpy.random.randint(2**30),"

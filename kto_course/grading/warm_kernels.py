@@ -6,9 +6,10 @@ start differs. Starting a kernel and importing torch and matplotlib took 3-4 s o
 submission cost (lesson 04, measured); forked, a kernel is ready in a fraction of a second.
 
 - ``zygote_for(setup)``, in the grading process: starts one process (``main``) that imports
-  ipykernel and the third-party modules the lesson's setup cell needs, then forks one kernel
-  per request. ``SafeExecute`` asks for the lesson's before each notebook (so a class's
-  ``nbgrader autograde`` forks its kernels too); ``grade`` starts it early and ends it.
+  ipykernel and the third-party modules the lesson's setup cell needs (and what those import
+  only when first used: ``worker.LAZY_IMPORTS``), then forks one kernel per request.
+  ``SafeExecute`` asks for the lesson's before each notebook (so a class's ``nbgrader
+  autograde`` forks its kernels too); ``grade`` starts it early and ends it.
 - ``WarmKernelManager``, the kernel manager of ``verdicts.SafeExecute``: while a zygote is up,
   jupyter_client launches ``warm_client.py`` instead of ``python -m ipykernel_launcher``. The
   client asks the zygote for a kernel with its own arguments, folder and environment, passes
@@ -42,6 +43,8 @@ import time
 from pathlib import Path
 
 from jupyter_client.manager import AsyncKernelManager
+
+from kto_course.grading.worker import preload_lazy_imports
 
 CLIENT = Path(__file__).with_name("warm_client.py")
 _PACKAGE = Path(__file__).resolve().parents[1]
@@ -253,6 +256,7 @@ def preload(setup: str) -> list[str]:
                 # transformers loads GPT2LMHeadModel's module when the name is first read
                 with contextlib.suppress(Exception):
                     getattr(sys.modules.get(module), attribute)
+        preload_lazy_imports()
     finally:
         getipython.get_ipython = IPython.get_ipython = original
     return sorted(set(asked))
