@@ -89,6 +89,12 @@ def find_chromium() -> str | None:
 QUICK_ENV = "KTO_COURSE_QUICK"
 
 
+def nbgrader_executing() -> bool:
+    """Whether nbgrader runs this kernel (autograde, or a learner's Validate): no browser will
+    show its widgets (the feedback shows a demo as one line)."""
+    return os.environ.get("NBGRADER_EXECUTION") in ("autograde", "validate")
+
+
 def quick_mode() -> bool:
     """True when $KTO_COURSE_QUICK=1: notebooks that train run a short version (tests set it)."""
     return os.environ.get(QUICK_ENV, "") not in ("", "0")

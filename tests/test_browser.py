@@ -280,6 +280,29 @@ def test_demo_canvas_draws_only_the_latest_state(monkeypatch):
     assert [m["type"] for m in sent].count("binary") == 1 and axes.get_position().x0 > left
 
 
+def test_a_demo_draws_its_first_frame_unless_nbgrader_runs_it(monkeypatch):
+    """A demo draws its first frame when it is built (the page never shows an empty box);
+    under nbgrader (autograde, a learner's Validate) no page shows it, so it draws none. Its
+    figure and readout are the same either way."""
+    from kto_course import demos
+
+    drawn = []
+    draw = demos.base.DemoCanvas.draw
+    monkeypatch.setattr(demos.base.DemoCanvas, "draw", lambda self: drawn.append(draw(self)))
+
+    def built(execution):
+        monkeypatch.setenv("NBGRADER_EXECUTION", execution)
+        drawn.clear()
+        box = demos.dpo_margin()
+        lines = [list(map(float, line.get_ydata())) for ax in box.figure.axes for line in ax.lines]
+        return len(drawn), box.readout.value, lines
+
+    frames, readout, lines = built("")  # not under nbgrader
+    assert frames == 1 and readout and lines
+    for execution in ("autograde", "validate"):
+        assert built(execution) == (0, readout, lines), execution
+
+
 def _differing_share(a, b) -> float:
     """The share of pixels of two RGBA frames that differ visibly (by more than 40 of 255)."""
     return float((np.abs(a.astype(int) - b.astype(int)).max(-1) > 40).mean())

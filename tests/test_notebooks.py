@@ -82,12 +82,15 @@ def test_solution_runs_clean_under_nbval(solutions, notebooks, name, tmp_path):
     error (``--nbval-lax``: outputs are not compared; they depend on the machine)."""
     copy = tmp_path / f"{name}.ipynb"
     shutil.copyfile(solutions / f"{name}.ipynb", copy)
-    # A separate pytest in the copy's folder: none of this suite's conftest or options.
+    # A separate pytest in the copy's folder: none of this suite's conftest or options, and
+    # of the installed plugins only nbval (loading them all took 1 s of each run).
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTEST_XDIST", "PYTEST_ADDOPTS"))}  # fmt: skip
+    env.update(PYTHONDONTWRITEBYTECODE="1", PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
-         f"--nbval-cell-timeout={CELL_TIMEOUT}", copy.name],
-        cwd=tmp_path, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}, capture_output=True,
-        text=True, timeout=CELL_TIMEOUT * 2,
+        [sys.executable, "-m", "pytest", "-q", "-p", "nbval", "-p", "no:cacheprovider",
+         "--nbval-lax", f"--nbval-cell-timeout={CELL_TIMEOUT}", copy.name],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=CELL_TIMEOUT * 2,
     )  # fmt: skip
     assert done.returncode == 0, f"{name}: nbval failed:\n{done.stdout[-4000:]}"
     assert re.search(r"\d+ passed", done.stdout) and "failed" not in done.stdout, done.stdout

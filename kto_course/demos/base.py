@@ -20,7 +20,7 @@ from matplotlib.legend import Legend
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from kto_course import figures
+from kto_course import figures, system
 
 __all__ = ["make_demo", "slider", "live_canvas"]
 
@@ -277,7 +277,10 @@ def make_demo(title: str, controls: dict, render: Callable[..., tuple]) -> widge
     for control in controls.values():
         control.observe(lambda change: plot.request(), names="value")
     update()
-    plot.draw()  # the first frame now: the page shows a plot, never an empty box
+    # The first frame now: the page shows a plot, never an empty box. Under nbgrader no page
+    # ever shows it: skipping it saves 0.1-0.2 s per demo of every graded notebook.
+    if not system.nbgrader_executing():
+        plot.draw()
     box = widgets.VBox(
         [
             widgets.HTML(f"<b>{title}</b>"),
