@@ -127,16 +127,21 @@ torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
 print(len([m for m in set(sys.modules) - before if m.startswith("torch._dynamo")]))"""
 
 
+def _setup_with_torch_alone() -> str:
+    """A lesson's setup that imports torch but not transformers (which imports torch._dynamo
+    itself, so a zygote of its lesson would have it either way)."""
+    for path in sorted(SOLUTIONS.glob("*.ipynb")):
+        setup = verdicts.setup_source(nbformat.read(path, as_version=4))
+        names = warm_kernels.preload_modules(setup)
+        if "torch" in names and not any(n.startswith("transformers") for n in names):
+            return setup
+    pytest.fail("no lesson's setup imports torch without transformers")
+
+
 def test_a_zygote_has_built_the_first_optimizer_for_its_kernels():
     """torch imports its compiler when the first optimizer is built (1.3-1.6 s): a zygote
-    whose lesson imports torch has done it (``worker.LAZY_IMPORTS``), once for all its kernels.
-    The lesson: one whose setup imports torch without transformers (which imports it anyway)."""
-    setup = next(
-        setup for path in sorted(SOLUTIONS.glob("*.ipynb"))
-        if "torch" in (names := warm_kernels.preload_modules(
-            setup := verdicts.setup_source(nbformat.read(path, as_version=4))))
-        and not any(n.startswith("transformers") for n in names)
-    )  # fmt: skip
+    whose lesson imports torch has done it (``worker.LAZY_IMPORTS``), once for all its kernels."""
+    setup = _setup_with_torch_alone()
     script = ("import sys\nfrom kto_course.grading import warm_kernels as w\n"
               "w.preload(sys.stdin.read())\n" + FIRST_OPTIMIZER)  # fmt: skip
     out = subprocess.run([sys.executable, "-c", script], input=setup, capture_output=True,
@@ -149,6 +154,7 @@ def test_a_zygote_has_built_the_first_optimizer_for_its_kernels():
 
 @pytest.mark.parametrize("imported, expected", [("torch", True), ("numpy", False)])
 def test_a_worker_zygote_imports_what_its_modules_import_when_first_used(imported, expected):
+    """torch._dynamo where torch is imported, and nothing (torch neither) where it is not."""
     probe = (f"import sys, {imported}\n"
              "from kto_course.grading.worker import preload_lazy_imports\n"
              "assert 'torch._dynamo' not in sys.modules\n"
