@@ -18,6 +18,14 @@ NOTEBOOKS = ROOT / "notebooks"
 os.environ.setdefault("KTO_COURSE_QUICK", "1")
 
 
+def inner_pytest_env(**extra: str) -> dict:
+    """The environment of a pytest a test starts itself: this one's, without this run's xdist
+    worker variables or options (``PYTEST_ADDOPTS``), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTEST_XDIST", "PYTEST_ADDOPTS"))}  # fmt: skip
+    return {**env, **extra}
+
+
 # -- Running in parallel (`make test`: pytest -n WORKERS --dist loadgroup, with pytest-xdist) --
 #
 # xdist sends each group of tests to one worker. A test's group: the one it names

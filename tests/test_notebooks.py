@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -21,7 +20,14 @@ import sys
 
 import nbformat
 import pytest
-from conftest import NOTEBOOKS, ROOT, SOLUTIONS, skip_if_learner_edited, unanswered
+from conftest import (
+    NOTEBOOKS,
+    ROOT,
+    SOLUTIONS,
+    inner_pytest_env,
+    skip_if_learner_edited,
+    unanswered,
+)
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
@@ -84,9 +90,7 @@ def test_solution_runs_clean_under_nbval(solutions, notebooks, name, tmp_path):
     shutil.copyfile(solutions / f"{name}.ipynb", copy)
     # A separate pytest in the copy's folder: none of this suite's conftest or options, and
     # of the installed plugins only nbval (loading them all took 1 s of each run).
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PYTEST_XDIST", "PYTEST_ADDOPTS"))}  # fmt: skip
-    env.update(PYTHONDONTWRITEBYTECODE="1", PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+    env = inner_pytest_env(PYTHONDONTWRITEBYTECODE="1", PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "nbval", "-p", "no:cacheprovider",
          "--nbval-lax", f"--nbval-cell-timeout={CELL_TIMEOUT}", copy.name],

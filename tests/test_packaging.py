@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from conftest import ROOT
+from conftest import ROOT, inner_pytest_env
 
 from kto_course import cli, system
 
@@ -209,8 +208,7 @@ def test_tests_of_one_group_run_in_one_worker(tmp_path):
         "def test_free(i):\n"
         "    pass\n"
     )
-    env = {k: v for k, v in os.environ.items()  # not this run's own worker or options
-           if not k.startswith(("PYTEST_XDIST", "PYTEST_ADDOPTS"))}  # fmt: skip
+    env = inner_pytest_env()  # not this run's own worker or options
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            "-n", "2", "--dist", "loadgroup", "test_groups.py"],
                           cwd=tmp_path, env=env, capture_output=True, text=True,
